@@ -1,0 +1,223 @@
+"""``diffprop``: the command line. Each command is a thin layer over the library.
+
+Bad input exits with status 2 and one line ``diffprop: error: ...``, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import DiffpropError
+
+
+def _positive(kind):
+    def parse(s):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
+        return v
+    return parse
+
+
+def cmd_train(args) -> None:
+    from .config import load_config
+    from .plots import plot_loss
+    from .training import Trainer
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    if not args.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+        raise DiffpropError(f"{out}: already holds a run; use --resume latest to continue it or --out for a new one")
+    trainer = Trainer(cfg, out, resume=args.resume, progress=not args.quiet)
+    trainer.train()
+    if trainer.acc.is_main_process:
+        plot_loss(out / "log.jsonl", out / "loss.png")
+        print(f"trained {trainer.step} steps; run folder: {out}")
+
+
+def _denoiser_for(args):
+    """The model a command talks to: a run's (EMA) denoiser or the oracle of a Gaussian-mixture dataset."""
+    import torch
+
+    from .config import Config
+    from .data import load_dataset
+    from .oracle import OracleDenoiser
+    from .runs import build_schedule, load_run
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.oracle:
+        ds = load_dataset(args.oracle, num_samples=2)
+        if ds.mixture is None:
+            raise DiffpropError(f"--oracle {args.oracle}: the oracle needs a Gaussian-mixture dataset "
+                                f"(gmm-grid, gmm-ring)")
+        cfg = Config()
+        oracle = OracleDenoiser(ds.mixture, build_schedule(cfg), args.eps_scale, args.eps_bias)
+        meta = {"model": f"oracle:{args.oracle}", "eps_scale": args.eps_scale, "eps_bias": args.eps_bias}
+        return oracle, cfg, {"name": args.oracle, "data_shape": list(ds.data_shape), "scaler": None}, meta, device
+    if not args.run_dir:
+        raise DiffpropError("give a run folder or --oracle DATASET")
+    run = load_run(args.run_dir, ema=not args.no_ema, device=device)
+    meta = {"model": str(run.dir), "step": run.step, "ema": not args.no_ema}
+    return run.denoiser, run.config, run.data, meta, device
+
+
+def cmd_sample(args) -> None:
+    import numpy as np
+    import torch
+
+    from .plots import plot_samples
+    from .samplers import sample
+
+    denoiser, cfg, data, meta, device = _denoiser_for(args)
+    sc = cfg.sample
+    sampler = args.sampler or sc.sampler
+    steps = args.steps or sc.steps or (50 if sampler == "ddim" else denoiser.schedule.T)
+    clip = sc.clip_x0 or (1.0 if len(data["data_shape"]) == 3 else 0.0)
+    options = {"eta": args.eta if args.eta is not None else sc.eta} if sampler == "ddim" else \
+        {"var_type": cfg.diffusion.var_type}
+    out = sample(denoiser, args.num or sc.num, tuple(data["data_shape"]), sampler=sampler, steps=steps,
+                 seed=args.seed, device=device, batch_size=args.batch_size or sc.batch_size or None,
+                 clip_x0=clip or None, **options).x.float().cpu()
+    if data.get("scaler"):
+        s = data["scaler"]
+        out = out * torch.tensor(s["std"]) + torch.tensor(s["mean"])  # back to data units
+    meta.update(sampler=sampler, steps=steps, seed=args.seed, **options)
+    path = Path(args.out or (Path(args.run_dir) / "samples" / f"{sampler}-{steps}-seed{args.seed}.npz"
+                             if args.run_dir else f"samples-oracle-{args.oracle}.npz"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, samples=out.numpy().astype(np.float32), meta=json.dumps(meta))
+    plot_samples(out.numpy(), path.with_suffix(".png"), title=f"{sampler}, {steps} steps")
+    print(f"wrote {len(out)} samples to {path}")
+
+
+def load_samples(path: str | Path):
+    import numpy as np
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DiffpropError(f"{path}: samples file not found")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x = f["samples"]
+    except KeyError:
+        raise DiffpropError(f"{path}: no 'samples' array (is it a diffprop samples file?)") from None
+    except (ValueError, OSError) as e:
+        raise DiffpropError(f"{path}: cannot read samples ({str(e).splitlines()[0]})") from None
+    return torch.from_numpy(np.asarray(x, dtype=np.float32))
+
+
+def cmd_evaluate(args) -> None:
+    from .data import load_dataset
+    from .metrics.toy import sample_metrics
+
+    x = load_samples(args.samples)
+    ds = load_dataset(args.dataset)
+    if tuple(x.shape[1:]) != tuple(ds.data_shape):
+        raise DiffpropError(f"{args.samples}: samples have shape {tuple(x.shape[1:])} per item but "
+                            f"{args.dataset} has {tuple(ds.data_shape)}")
+    metrics = {"dataset": args.dataset, **sample_metrics(ds.from_data_units(x), ds.x, ds.mixture)}
+    out = Path(args.out or Path(args.samples).with_suffix(".metrics.json"))
+    out.write_text(json.dumps(metrics, indent=1))
+    for k, v in metrics.items():
+        if not isinstance(v, list):
+            print(f"{k:>24}: {v:.4g}" if isinstance(v, float) else f"{k:>24}: {v}")
+    print(f"wrote {out}")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    report = run_demo(Path(args.out), quick=args.quick, progress=not args.quiet)
+    print(f"report: {report}")
+
+
+def cmd_bench(args) -> None:
+    from .bench import BENCHMARKS, run_benchmark
+
+    if args.name not in BENCHMARKS:
+        raise DiffpropError(f"unknown benchmark {args.name!r}; allowed: {', '.join(BENCHMARKS)}")
+    result = run_benchmark(args.name)
+    text = json.dumps(result, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffprop", description="Train, sample and diagnose diffusion models; "
+                                "measure and reduce error propagation along their sampling chains.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a denoiser from a TOML config",
+                       description="Train a denoiser. The resolved config, checkpoints, log.jsonl and loss.png "
+                       "go to the run folder.")
+    t.add_argument("config", help="TOML config (see configs/ and the Config dataclasses in diffprop.config)")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=500 (repeatable)")
+    t.add_argument("--out", help="run folder (default: runs/CONFIG_NAME)")
+    t.add_argument("--resume", metavar="latest|CKPT", help="continue from the newest or a given checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("sample", help="draw samples from a trained run or an exact oracle",
+                       description="Draw samples into an .npz (`samples`, `meta`) plus a picture of them.")
+    s.add_argument("run_dir", nargs="?", help="run folder written by `diffprop train`")
+    s.add_argument("--oracle", metavar="DATASET", help="use the exact denoiser of a Gaussian-mixture dataset")
+    s.add_argument("--eps-scale", type=float, default=1.0, help="oracle: multiply its noise prediction by C")
+    s.add_argument("--eps-bias", type=float, default=0.0, help="oracle: add B to every coordinate of it")
+    s.add_argument("--sampler", choices=("ddpm", "ddim"), help="default: the run's sample.sampler")
+    s.add_argument("--steps", type=_positive(int), help="sampling steps (default: T for ddpm, 50 for ddim)")
+    s.add_argument("--eta", type=float, help="DDIM stochasticity (0: deterministic)")
+    s.add_argument("--num", type=_positive(int), help="number of samples (default: the run's sample.num)")
+    s.add_argument("--batch-size", type=_positive(int), help="sampling batch size")
+    s.add_argument("--seed", type=int, default=0, help="seed of x_T and all sampling noise")
+    s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    s.add_argument("--out", help="output .npz (default: RUN_DIR/samples/SAMPLER-STEPS-seedS.npz)")
+    s.set_defaults(fn=cmd_sample)
+
+    e = sub.add_parser("evaluate", help="metrics of a samples file against a dataset",
+                       description="Gaussian-mixture data: mode_coverage, high_quality_fraction (within 4 std of "
+                       "a mean), mode weights, within-mode spread, exact log-likelihood, mmd_rbf; other data: mmd_rbf.")
+    e.add_argument("samples", help=".npz written by `diffprop sample`")
+    e.add_argument("--dataset", required=True, help="dataset the samples should match, e.g. gmm-grid")
+    e.add_argument("--out", help="output JSON (default: next to the samples)")
+    e.set_defaults(fn=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="the main job: train, sample, evaluate and report on gmm-grid",
+                       description="Train a DDPM on the 7x7 Gaussian grid, sample it beside the exact oracle, "
+                       "evaluate both and write report.md with plots.")
+    d.add_argument("--out", default="runs/demo", help="report folder (default: runs/demo)")
+    d.add_argument("--quick", action="store_true", help="a short version (about a minute on 2 CPU cores)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(fn=cmd_demo)
+
+    b = sub.add_parser("bench", help="performance benchmarks (JSON)",
+                       description="Timings measured side by side in one run, written as JSON.")
+    b.add_argument("name", help="benchmark name: train-overhead")
+    b.add_argument("--out", help="also write the JSON here")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except DiffpropError as e:
+        print(f"diffprop: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diffprop: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

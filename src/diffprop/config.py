@@ -1,0 +1,204 @@
+"""Typed run configuration: TOML in, validated dataclasses, TOML out. Configs are data, never evaluated.
+
+Every field carries its rule (type, allowed values, range) in its metadata, so one validator checks
+them all and every error names the key and what is allowed. ``0`` means "automatic" where a field
+says so (TOML has no null).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .errors import DiffpropError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _f(default, doc: str, **rule):
+    return field(default=default, metadata={"doc": doc, **rule})
+
+
+@dataclass
+class DataConfig:
+    name: str = _f("gmm-grid", "dataset: gmm-grid, gmm-ring, swiss-roll, moons, digits, image-folder:PATH, "
+                   "cifar10:PATH, npz:PATH, csv:PATH", dataset=True)
+    num_samples: int = _f(20000, "number of points generated for toy datasets", min=1)
+    image_size: int = _f(0, "resize/crop images to this size (0: native size)", min=0)
+
+
+@dataclass
+class DiffusionConfig:
+    T: int = _f(1000, "number of diffusion steps", min=1)
+    schedule: str = _f("linear", "beta schedule", choices=("linear", "cosine", "sigmoid"))
+    beta_start: float = _f(1e-4, "first beta of the linear schedule", gt=0.0, lt=1.0)
+    beta_end: float = _f(0.02, "last beta of the linear schedule", gt=0.0, lt=1.0)
+    parameterization: str = _f("eps", "what the network predicts", choices=("eps", "x0", "v"))
+    var_type: str = _f("beta", "backward variance sigma_t^2 (000 uses beta)", choices=("beta", "beta_tilde"))
+
+
+@dataclass
+class ModelConfig:
+    kind: str = _f("mlp", "backbone: mlp for vector data, unet for images", choices=("mlp", "unet"))
+    width: int = _f(256, "MLP hidden width", min=1)
+    depth: int = _f(4, "MLP residual blocks", min=1)
+    time_dim: int = _f(128, "MLP sinusoidal time-embedding size", min=2)
+    dropout: float = _f(0.0, "dropout probability (U-Net: 0 keeps the preset's own)", min=0.0, lt=1.0)
+    preset: str = _f("tiny", "U-Net preset", choices=("tiny", "small", "ddpm-cifar10"))
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(10000, "optimizer steps", min=1)
+    batch_size: int = _f(256, "global batch size", min=1)
+    lr: float = _f(1e-3, "AdamW learning rate", gt=0.0)
+    weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
+    warmup_steps: int = _f(100, "linear learning-rate warm-up steps", min=0)
+    grad_clip: float = _f(1.0, "max gradient norm (0: no clipping)", min=0.0)
+    ema_decay: float = _f(0.999, "EMA decay", min=0.0, max=1.0)
+    ema_warmup: bool = _f(True, "EMA decay min(decay, (1 + step) / (10 + step))")
+    mixed_precision: str = _f("no", "autocast precision (auto: bf16 on a GPU that has it)",
+                              choices=("no", "auto", "fp16", "bf16"))
+    device: str = _f("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
+    checkpoint_every: int = _f(1000, "steps between checkpoints", min=1)
+    keep_last: int = _f(3, "checkpoints kept", min=1)
+    log_every: int = _f(50, "steps between log.jsonl lines", min=1)
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = _f("ddpm", "sampler", choices=("ddpm", "ddim"))
+    steps: int = _f(0, "sampling steps (0: T for ddpm, 50 for ddim)", min=0)
+    num: int = _f(2000, "number of samples", min=1)
+    eta: float = _f(0.0, "DDIM stochasticity", min=0.0)
+    batch_size: int = _f(0, "sampling batch size (0: all at once)", min=0)
+    clip_x0: float = _f(0.0, "clip predicted x0 to [-c, c] (0: off; images use 1)", min=0.0)
+
+
+@dataclass
+class Config:
+    seed: int = _f(0, "seed of every random choice in the run", min=0)
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def dumps(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+def _check(key: str, value: Any, f: dataclasses.Field) -> Any:
+    """Type-check and range-check one value against its field's rule; returns the coerced value."""
+    rule, typ = f.metadata, f.type
+    if typ == "bool":
+        if not isinstance(value, bool):
+            raise DiffpropError(f"config: {key} must be true or false, got {value!r}")
+        return value
+    if typ == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DiffpropError(f"config: {key} must be an integer, got {value!r}")
+    elif typ == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DiffpropError(f"config: {key} must be a number, got {value!r}")
+        value = float(value)
+    elif typ == "str" and not isinstance(value, str):
+        raise DiffpropError(f"config: {key} must be a string, got {value!r}")
+    if "choices" in rule and value not in rule["choices"]:
+        raise DiffpropError(f"config: {key} = {value!r} is not allowed; allowed: {', '.join(rule['choices'])}")
+    if rule.get("dataset"):
+        from .data import DATASET_NAMES  # the dataset registry is data's; imported lazily (it pulls sklearn)
+        base = value.split(":", 1)[0] + (":PATH" if ":" in value else "")
+        if base not in DATASET_NAMES:
+            raise DiffpropError(f"config: {key} = {value!r} is not a dataset; allowed: {', '.join(DATASET_NAMES)}")
+    bounds = [("min", lambda a, b: a >= b, ">="), ("max", lambda a, b: a <= b, "<="),
+              ("gt", lambda a, b: a > b, ">"), ("lt", lambda a, b: a < b, "<")]
+    for name, ok, sym in bounds:
+        if name in rule and not ok(value, rule[name]):
+            raise DiffpropError(f"config: {key} must be {sym} {rule[name]}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"section [{prefix.rstrip('.')}]" if prefix else "top level"
+        raise DiffpropError(f"config: unknown key {prefix}{unknown[0]!r} in {where}; allowed: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            if not isinstance(value, dict):
+                raise DiffpropError(f"config: [{prefix}{name}] must be a section (table), got {value!r}")
+            kwargs[name] = _build(f.default_factory, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check(prefix + name, value, f)
+    return cls(**kwargs)
+
+
+def _cross_check(cfg: Config) -> Config:
+    d = cfg.diffusion
+    if d.schedule == "linear" and d.beta_start > d.beta_end:
+        raise DiffpropError(f"config: diffusion.beta_start ({d.beta_start}) must be <= diffusion.beta_end ({d.beta_end})")
+    if cfg.sample.steps > d.T:
+        raise DiffpropError(f"config: sample.steps ({cfg.sample.steps}) must be <= diffusion.T ({d.T})")
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    return _cross_check(_build(Config, data))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``section.key=value``: the value is read as a TOML value (number, bool, string, list), else as a string."""
+    if "=" not in item:
+        raise DiffpropError(f"--set {item!r}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides or []:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise DiffpropError(f"--set {item!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DiffpropError(f"{path}: config file not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise DiffpropError(f"{path}: not valid TOML ({str(e).splitlines()[0]})") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """The defaults, updated by the TOML file at ``path`` and then by ``--set`` overrides, validated."""
+    data = read_toml(path) if path is not None else {}
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(cfg.dumps())

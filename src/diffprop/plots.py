@@ -1,0 +1,70 @@
+"""Plots a person would rather look at than read: loss curves, 2-D scatters, image grids."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_loss(log_path: str | Path, out: str | Path) -> Path:
+    """Training loss (log scale) and gradient norm against step, from ``log.jsonl``."""
+    recs = [json.loads(ln) for ln in Path(log_path).read_text().splitlines() if ln.strip()]
+    step = [r["step"] for r in recs]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(step, [r["loss"] for r in recs])
+    ax[0].set(yscale="log", xlabel="step", ylabel="loss", title="training loss")
+    ax[1].plot(step, [r["grad_norm"] for r in recs], color="C1")
+    ax[1].set(yscale="log", xlabel="step", ylabel="grad norm", title="gradient norm (before clipping)")
+    return _save(fig, out)
+
+
+def plot_scatter(panels: dict[str, np.ndarray], out: str | Path, reference: np.ndarray | None = None) -> Path:
+    """One 2-D scatter per named sample set, over the reference data in grey."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+    for ax, (title, pts) in zip(axes[0], panels.items()):
+        if reference is not None:
+            ax.scatter(reference[:, 0], reference[:, 1], s=1, c="0.8", label="data")
+        ax.scatter(pts[:, 0], pts[:, 1], s=1.5, c="C0", alpha=0.6)
+        ax.set_title(title, fontsize=9)
+        ax.set_aspect("equal")
+    return _save(fig, out)
+
+
+def plot_image_grid(images: np.ndarray, out: str | Path, max_images: int = 64) -> Path:
+    """A square grid of images given as (N, C, H, W) in [-1, 1]."""
+    imgs = np.clip((images[:max_images] + 1) / 2, 0, 1)
+    n = len(imgs)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img in zip(axes.ravel(), imgs):
+        c = img.shape[0]
+        ax.imshow(img[0] if c == 1 else img[:3].transpose(1, 2, 0), cmap="gray" if c == 1 else None,
+                  vmin=0, vmax=1, interpolation="nearest")
+    return _save(fig, out)
+
+
+def plot_samples(samples: np.ndarray, out: str | Path, reference: np.ndarray | None = None,
+                 title: str = "samples") -> Path | None:
+    """The natural picture for the data: image grid, 2-D scatter, or nothing for other vector data."""
+    if samples.ndim == 4:
+        return plot_image_grid(samples, out)
+    if samples.ndim == 2 and samples.shape[1] == 2:
+        return plot_scatter({title: samples}, out, reference)
+    return None

@@ -1,0 +1,68 @@
+"""A run folder: what it holds and how to turn it back into a denoiser.
+
+``RUN_DIR/config.toml`` (the resolved config), ``RUN_DIR/data.json`` (data shape, scaler),
+``RUN_DIR/checkpoints/`` (see :mod:`.checkpoint`), ``RUN_DIR/log.jsonl``, plots and samples.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint, resolve_checkpoint
+from .config import Config, load_config
+from .denoisers import Denoiser
+from .errors import DiffpropError
+from .nets import build_net
+from .schedules import NoiseSchedule
+
+
+def build_schedule(cfg: Config) -> NoiseSchedule:
+    d = cfg.diffusion
+    return NoiseSchedule.from_config(d.schedule, d.T, d.beta_start, d.beta_end)
+
+
+def build_denoiser(cfg: Config, data_shape: tuple[int, ...]) -> Denoiser:
+    m = cfg.model
+    opts = (dict(width=m.width, depth=m.depth, time_dim=m.time_dim, dropout=m.dropout) if m.kind == "mlp"
+            else dict(preset=m.preset, **({"dropout": m.dropout} if m.dropout else {})))
+    return Denoiser(build_net(m.kind, tuple(data_shape), **opts), build_schedule(cfg), cfg.diffusion.parameterization)
+
+
+def write_data_info(run_dir: Path, dataset) -> None:
+    info = {"name": dataset.name, "data_shape": list(dataset.data_shape), "is_image": dataset.is_image,
+            "scaler": dataset.scaler}
+    (Path(run_dir) / "data.json").write_text(json.dumps(info, indent=1))
+
+
+@dataclass
+class Run:
+    dir: Path
+    config: Config
+    data: dict  # data.json
+    denoiser: Denoiser
+    step: int
+
+
+def load_run(run_dir: str | Path, *, ema: bool = True, checkpoint: str = "latest",
+             device: str | torch.device = "cpu") -> Run:
+    """The trained denoiser of a run (its EMA weights unless ``ema=False``), in eval mode on ``device``."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise DiffpropError(f"{run_dir}: not a diffprop run folder (no config.toml)")
+    cfg = load_config(run_dir / "config.toml")
+    try:
+        data = json.loads((run_dir / "data.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DiffpropError(f"{run_dir / 'data.json'}: cannot read ({e})") from None
+    ckpt_dir = resolve_checkpoint(run_dir, checkpoint)
+    part = "ema" if ema else "model"
+    ckpt = load_checkpoint(ckpt_dir, parts=(part,))
+    denoiser = build_denoiser(cfg, tuple(data["data_shape"]))
+    try:
+        denoiser.net.load_state_dict(ckpt[part])
+    except RuntimeError as e:
+        raise DiffpropError(f"{ckpt_dir}: weights do not match the run's config ({str(e).splitlines()[0]})") from None
+    return Run(run_dir, cfg, data, denoiser.to(device).eval(), ckpt["state"]["step"])

@@ -1,0 +1,72 @@
+"""Beta schedules and the quantities of the discrete forward process, precomputed in float64.
+
+Indexing follows the papers: ``t = 1..T`` are the noisy states and index ``0`` is the data, so every
+array has ``T + 1`` entries with ``beta_0 = 0`` and ``abar_0 = 1``. Backbones are called with
+``t - 1`` (diffusers' indexing), which the :class:`~diffprop.denoisers.Denoiser` takes care of.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .errors import DiffpropError
+
+SCHEDULES = ("linear", "cosine", "sigmoid")
+
+
+def make_betas(kind: str, T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+    """``beta_1..beta_T`` (float64, shape (T,)) for the named schedule."""
+    if kind == "linear":  # Ho et al. 2020; 000's default
+        return np.linspace(beta_start, beta_end, T, dtype=np.float64)
+    if kind == "cosine":  # Nichol & Dhariwal 2021, = diffusers' "squaredcos_cap_v2"
+        f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        return np.array([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)])
+    if kind == "sigmoid":  # Jabri et al. 2022, as in the EPDM/SMD official code (start -3, end 3, tau 1)
+        s = lambda u: 1 / (1 + np.exp(-u))  # noqa: E731
+        u = np.linspace(0, 1, T + 1, dtype=np.float64)
+        abar = (s(3.0) - s(6 * u - 3)) / (s(3.0) - s(-3.0))
+        return np.clip(1 - abar[1:] / abar[:-1], 0, 0.999)
+    raise DiffpropError(f"unknown beta schedule {kind!r}; allowed: {', '.join(SCHEDULES)}")
+
+
+class NoiseSchedule:
+    """``beta_t``, ``alpha_t``, ``abar_t`` and the posterior ``q(x_{t-1}|x_t,x_0)`` coefficients, t = 0..T."""
+
+    def __init__(self, betas: np.ndarray | torch.Tensor):
+        b = torch.as_tensor(np.asarray(betas, dtype=np.float64))
+        if b.ndim != 1 or len(b) < 1 or not bool(((b > 0) & (b < 1)).all()):
+            raise DiffpropError("betas must be a non-empty 1-D array with every value in (0, 1)")
+        self.T = len(b)
+        self.betas = torch.cat([b.new_zeros(1), b])  # beta_0 = 0
+        self.alphas = 1 - self.betas
+        self.alpha_bars = torch.cumprod(self.alphas, 0)  # abar_0 = 1
+        self.alpha_bars_prev = torch.cat([self.alpha_bars.new_ones(1), self.alpha_bars[:-1]])
+        # beta_tilde_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t (Ho et al. Eq. 7); 0 at t = 0 and t = 1
+        self.betas_tilde = torch.zeros_like(self.betas)
+        self.betas_tilde[1:] = (1 - self.alpha_bars_prev[1:]) / (1 - self.alpha_bars[1:]) * self.betas[1:]
+        self._cache: dict = {}
+
+    @classmethod
+    def from_config(cls, kind: str = "linear", T: int = 1000, beta_start: float = 1e-4,
+                    beta_end: float = 0.02) -> "NoiseSchedule":
+        return cls(make_betas(kind, T, beta_start, beta_end))
+
+    def gather(self, name: str, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
+        """``name[t]`` in ``x``'s dtype and device, shaped to broadcast against ``x`` (t per sample or scalar)."""
+        key = (name, x.device, x.dtype)
+        if key not in self._cache:
+            self._cache[key] = getattr(self, name).to(device=x.device, dtype=x.dtype)
+        arr = self._cache[key]
+        if isinstance(t, int) or (torch.is_tensor(t) and t.ndim == 0):
+            return arr[int(t)]
+        return arr[t.to(x.device)].reshape(-1, *([1] * (x.ndim - 1)))
+
+    def spaced(self, steps: int) -> list[int]:
+        """``steps`` timesteps spread evenly over 1..T, increasing, always including 1 and T."""
+        if not 1 <= steps <= self.T:
+            raise DiffpropError(f"steps must be in 1..{self.T} (the schedule's T), got {steps}")
+        if steps == 1:
+            return [self.T]
+        return sorted({int(round(v)) for v in np.linspace(1, self.T, steps)})

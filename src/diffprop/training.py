@@ -1,0 +1,212 @@
+"""The trainer: one loop on accelerate for CPU, one GPU, or many (``accelerate launch``).
+
+Every random choice flows from the config's ``seed``: the weights' initialisation (global RNG),
+the data order (a permutation per epoch, derived from the seed and the epoch, so the data position
+is a function of the step), and the loss's timesteps and noise (a per-rank generator whose state is
+checkpointed). Together with the model, EMA and optimizer tensors this makes ``--resume latest``
+continue bit-exactly on CPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from .checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .config import Config, load_config, save_config
+from .data import load_dataset
+from .errors import DiffpropError
+from .losses import DenoisingLoss
+from .runs import build_denoiser, write_data_info
+
+# Settings that may change between a run and its resumption; anything else must match.
+RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.log_every", "train.keep_last"}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    device, mp = cfg.train.device, cfg.train.mixed_precision
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DiffpropError("config: train.device = 'cuda' but no CUDA device is available")
+    cpu = device == "cpu" or not torch.cuda.is_available()
+    if mp == "auto":
+        mp = "bf16" if not cpu and torch.cuda.is_bf16_supported() else "no"
+    if mp == "fp16" and cpu:
+        raise DiffpropError("config: train.mixed_precision = 'fp16' needs a GPU; use 'bf16' or 'no' on CPU")
+    return Accelerator(cpu=cpu, mixed_precision=mp)
+
+
+class Trainer:
+    """Trains ``cfg``'s denoiser into ``run_dir``; ``resume`` is ``"latest"`` or a checkpoint folder."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, *, resume: str | None = None, progress: bool = True,
+                 objective: Callable | None = None):
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        tc = cfg.train
+        self.acc = make_accelerator(cfg)
+        self.device, self.rank, self.world = self.acc.device, self.acc.process_index, self.acc.num_processes
+        if tc.batch_size % self.world:
+            raise DiffpropError(f"config: train.batch_size ({tc.batch_size}) must be divisible by the "
+                                f"number of processes ({self.world})")
+        ckpt = self._check_resume(resume) if resume else None
+        saved = json.loads((self.run_dir / "data.json").read_text()) if ckpt else {}
+        self.dataset = load_dataset(cfg.data.name, num_samples=cfg.data.num_samples,
+                                    image_size=cfg.data.image_size or None, seed=cfg.seed,
+                                    scaler=saved.get("scaler"))
+        N = len(self.dataset.x)
+        if tc.batch_size > N:
+            raise DiffpropError(f"config: train.batch_size ({tc.batch_size}) exceeds the dataset size ({N})")
+        small = self.dataset.x.numel() * 4 < 2**30  # keep small datasets on the device
+        self.x = self.dataset.x.to(self.device) if small else self.dataset.x
+
+        torch.manual_seed(cfg.seed)
+        self.denoiser = build_denoiser(cfg, self.dataset.data_shape).to(self.device)
+        self.net = self.denoiser.net
+        self.objective = objective or DenoisingLoss()
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.ema = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed * 1_000_003 + 7919 * (self.rank + 1))
+        self.step, self._epoch, self._perm = 0, -1, None
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.denoiser.net, self.optimizer = self.acc.prepare(self.net, self.optimizer)
+        live = self.net.state_dict()
+        self._ema_pairs = [(self.ema[k], live[k]) for k in self.ema if live[k].is_floating_point()]
+        self._ema_copies = [(self.ema[k], live[k]) for k in self.ema if not live[k].is_floating_point()]
+        if self.acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.toml")
+            write_data_info(self.run_dir, self.dataset)
+
+    # -- resume ----------------------------------------------------------------------------------
+    def _check_resume(self, resume: str) -> dict:
+        path = resolve_checkpoint(self.run_dir, resume)
+        if (self.run_dir / "config.toml").is_file():
+            old = _flatten(load_config(self.run_dir / "config.toml").to_dict())
+            new = _flatten(self.cfg.to_dict())
+            diff = [k for k in new if new[k] != old.get(k) and k not in RESUMABLE_CHANGES]
+            if diff:
+                k = diff[0]
+                raise DiffpropError(f"cannot resume: {k} is {new[k]!r} but the run was trained with {old.get(k)!r}; "
+                                    f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change")
+        ckpt = load_checkpoint(path)
+        if ckpt["state"].get("world_size", 1) != self.world:
+            raise DiffpropError(f"cannot resume: checkpoint was written by {ckpt['state']['world_size']} "
+                                f"processes, this run has {self.world}")
+        return ckpt
+
+    def _restore(self, ckpt: dict) -> None:
+        self.net.load_state_dict(ckpt["model"])
+        self.ema = {k: v.to(self.device) for k, v in ckpt["ema"].items()}
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        rng = ckpt["rng"]
+        self.generator.set_state(rng["generator"][self.rank])
+        torch.set_rng_state(rng["torch"][self.rank])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"][self.rank])
+        self.step = ckpt["state"]["step"]
+        log = self.run_dir / "log.jsonl"
+        if log.is_file() and self.acc.is_main_process:  # forget what happened after the checkpoint
+            keep = [ln for ln in log.read_text().splitlines() if json.loads(ln)["step"] <= self.step]
+            log.write_text("".join(ln + "\n" for ln in keep))
+
+    # -- one step --------------------------------------------------------------------------------
+    def batch(self, step: int) -> torch.Tensor:
+        """This rank's share of the global batch of ``step``: epoch-wise permutations, no repeats."""
+        B, N = self.cfg.train.batch_size, len(self.x)
+        epoch, i = divmod(step, N // B)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(N, generator=g)
+        b = B // self.world
+        idx = self._perm[i * B + self.rank * b: i * B + (self.rank + 1) * b]
+        return self.x[idx.to(self.x.device)].to(self.device, non_blocking=True)
+
+    def lr_at(self, step: int) -> float:
+        tc = self.cfg.train
+        return tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        tc = self.cfg.train
+        self.denoiser.train()
+        loss = self.objective(self.denoiser, self.batch(self.step), self.generator).mean()
+        value = self.acc.reduce(loss.detach(), "mean")
+        if not torch.isfinite(value):
+            last = list_checkpoints(self.run_dir)
+            raise DiffpropError(f"training stopped: the loss is {value.item()} at step {self.step + 1}; the weights "
+                                f"were not updated; last good checkpoint: {last[-1] if last else 'none'}")
+        self.acc.backward(loss)
+        grad_norm = self.acc.clip_grad_norm_(self.net.parameters(), tc.grad_clip or math.inf)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self._update_ema()
+        return value, grad_norm
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        tc = self.cfg.train
+        decay = min(tc.ema_decay, (1 + self.step) / (10 + self.step)) if tc.ema_warmup else tc.ema_decay
+        torch._foreach_lerp_([e for e, _ in self._ema_pairs], [p for _, p in self._ema_pairs], 1 - decay)
+        for e, b in self._ema_copies:
+            e.copy_(b)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def save(self) -> Path | None:
+        """Checkpoint the current step (every rank's RNG states are gathered to the main process)."""
+        rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        rng = {k: self.acc.gather(v.to(self.device)[None]).cpu() for k, v in rng.items()}
+        path = None
+        if self.acc.is_main_process:
+            path = save_checkpoint(self.run_dir, self.step, model=self.acc.unwrap_model(self.net).state_dict(),
+                                   ema=self.ema, optimizer=self.optimizer.state_dict(), rng=rng,
+                                   extra={"world_size": self.world, "torch": torch.__version__},
+                                   keep_last=self.cfg.train.keep_last)
+        self.acc.wait_for_everyone()
+        return path
+
+    def train(self) -> Path:
+        tc = self.cfg.train
+        main = self.acc.is_main_process
+        bar = tqdm(total=tc.steps, initial=self.step, desc="training", unit="step",
+                   disable=not (self.progress and main), dynamic_ncols=True)
+        log = open(self.run_dir / "log.jsonl", "a") if main else None
+        losses, t0, s0 = [], time.perf_counter(), self.step
+        try:
+            while self.step < tc.steps:
+                loss, grad_norm = self.train_step()
+                losses.append(loss)
+                bar.update(1)
+                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                    now = time.perf_counter()
+                    mean = torch.stack(losses).mean().item()
+                    rec = {"step": self.step, "loss": mean, "lr": self.lr_at(self.step - 1),
+                           "grad_norm": float(grad_norm), "it_s": (self.step - s0) / (now - t0)}
+                    bar.set_postfix(loss=f"{mean:.4f}")
+                    if log:
+                        log.write(json.dumps(rec) + "\n")
+                        log.flush()
+                    losses, t0, s0 = [], now, self.step
+                if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
+                    self.save()
+        finally:
+            bar.close()
+            if log:
+                log.close()
+        return self.run_dir
