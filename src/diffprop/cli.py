@@ -149,10 +149,17 @@ def cmd_bench(args) -> None:
     print(text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``diffprop: error: ...``) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"diffprop: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="diffprop", description="Train, sample and diagnose diffusion models; "
+    p = _Parser(prog="diffprop", description="Train, sample and diagnose diffusion models; "
                                 "measure and reduce error propagation along their sampling chains.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a denoiser from a TOML config",
                        description="Train a denoiser. The resolved config, checkpoints, log.jsonl and loss.png "

@@ -134,7 +134,7 @@ def _build(cls, data: dict, prefix: str = ""):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"section [{prefix.rstrip('.')}]" if prefix else "top level"
-        raise DiffpropError(f"config: unknown key {prefix}{unknown[0]!r} in {where}; allowed: {', '.join(fields)}")
+        raise DiffpropError(f"config: unknown key '{prefix}{unknown[0]}' in {where}; allowed: {', '.join(fields)}")
     kwargs = {}
     for name, value in data.items():
         f = fields[name]

@@ -1,0 +1,16 @@
+"""Performance benchmarks: each measures its alternatives side by side in one run and returns JSON."""
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from .train_overhead import train_overhead
+
+BENCHMARKS = {"train-overhead": train_overhead}
+
+
+def run_benchmark(name: str) -> dict:
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or
+           platform.machine(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return {"benchmark": name, "environment": env, **BENCHMARKS[name]()}

@@ -1,0 +1,87 @@
+"""The main job: train a DDPM on the 7x7 Gaussian grid, sample it beside the exact oracle, evaluate, report.
+
+Everything comes from the embedded default config (``Config()``: gmm-grid, MLP, T = 1000, linear
+schedule); nothing is downloaded. Running it again reuses a finished training run of the same config.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .checkpoint import list_checkpoints
+from .config import Config, config_from_dict, load_config
+from .data import load_dataset
+from .metrics.toy import sample_metrics
+from .oracle import OracleDenoiser
+from .plots import plot_loss, plot_scatter
+from .runs import load_run
+from .samplers import sample
+from .training import Trainer
+
+FULL = {"train": {"steps": 12000, "batch_size": 512, "lr": 1e-3, "checkpoint_every": 2000}}
+QUICK = {"train": {"steps": 1500, "batch_size": 256, "lr": 2e-3, "checkpoint_every": 500}}
+NUM_SAMPLES = {False: 2000, True: 1000}
+REPORTED = ("high_quality_fraction", "mode_coverage", "mode_weight_tv", "within_mode_std_ratio",
+            "log_likelihood", "mmd_rbf")
+
+
+def demo_config(quick: bool) -> Config:
+    return config_from_dict(QUICK if quick else FULL)
+
+
+def _train(cfg: Config, run_dir: Path, progress: bool) -> float:
+    """Train unless ``run_dir`` already holds a finished run of exactly this config; returns seconds spent."""
+    done = list_checkpoints(run_dir)
+    if done and (run_dir / "config.toml").is_file() and load_config(run_dir / "config.toml") == cfg \
+            and done[-1].name == f"step_{cfg.train.steps:08d}":
+        return 0.0
+    shutil.rmtree(run_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    Trainer(cfg, run_dir, progress=progress).train()
+    plot_loss(run_dir / "log.jsonl", run_dir / "loss.png")
+    return time.perf_counter() - t0
+
+
+def _table(rows: dict[str, dict]) -> str:
+    head = "| model | " + " | ".join(REPORTED) + " |\n|---|" + "---|" * len(REPORTED) + "\n"
+    return head + "".join(f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.4g}" for k in REPORTED) + " |\n"
+                          for name, m in rows.items())
+
+
+def run_demo(out: Path, quick: bool = False, progress: bool = True) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = demo_config(quick)
+    train_s = _train(cfg, out / "ddpm", progress)
+    run = load_run(out / "ddpm")
+    data = load_dataset(cfg.data.name, num_samples=cfg.data.num_samples, seed=cfg.seed)
+    n, shape = NUM_SAMPLES[quick], tuple(data.data_shape)
+    oracle = OracleDenoiser(data.mixture, run.denoiser.schedule)
+    samples, metrics = {}, {}
+    for name, model in (("oracle", oracle), ("ddpm", run.denoiser)):
+        x = sample(model, n, shape, sampler="ddpm", seed=cfg.seed + 1, progress=progress and f"sampling {name}",
+                   var_type=cfg.diffusion.var_type).x.float()
+        samples[name] = x
+        metrics[name] = sample_metrics(x, data.x, data.mixture, seed=cfg.seed)
+    plot_scatter({f"{k} ({n} samples, DDPM T={cfg.diffusion.T})": v.numpy() for k, v in samples.items()},
+                 out / "samples.png", reference=data.x[:5000].numpy())
+    summary = {"config": cfg.to_dict(), "train_seconds": round(train_s, 1), "metrics": metrics}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    report = out / "report.md"
+    report.write_text(
+        f"# diffprop demo{' (quick)' if quick else ''}\n\n"
+        f"A DDPM (residual MLP, eps-prediction, T = {cfg.diffusion.T}, linear betas, sigma_t^2 = beta_t) trained "
+        f"for {cfg.train.steps} steps (batch {cfg.train.batch_size}, EMA {cfg.train.ema_decay}) on `gmm-grid`, "
+        f"the 7x7 grid of Gaussians with std 0.05 from 002 Sec. 5.1, sampled with {n} DDPM chains beside the "
+        f"exact oracle denoiser of the same data.\n\n"
+        f"{_table(metrics)}\n"
+        "high_quality_fraction: share of samples within 4 std of a mode; mode_coverage: share of modes holding "
+        "at least 10 % of their expected samples; mode_weight_tv: total-variation distance of the mode weights "
+        "from uniform; within_mode_std_ratio: within-mode spread over the true 0.05 (1 is exact); log_likelihood: "
+        "mean exact log-density of the samples; mmd_rbf: MMD^2 to the data (median-bandwidth RBF, unbiased).\n\n"
+        "![samples](samples.png)\n\n![training loss](ddpm/loss.png)\n\n"
+        f"Training took {train_s:.0f} s{' (reused an earlier run)' if train_s == 0 else ''}. "
+        "Files: `ddpm/` (run folder: config.toml, checkpoints, log.jsonl), `metrics.json`, `samples.png`.\n")
+    return report

@@ -1,0 +1,21 @@
+"""Shared fixtures. Tests run in parallel workers on few cores: one BLAS/OpenMP thread each, or
+threads of different workers spin against each other and everything slows down a hundredfold."""
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+# A small but real config: the default gmm-grid MLP, shrunk so a run takes seconds.
+TINY = ["model.width=32", "model.depth=2", "model.time_dim=16", "data.num_samples=512", "train.batch_size=64",
+        "train.steps=30", "train.log_every=10", "train.checkpoint_every=10", "train.warmup_steps=5",
+        "sample.num=64", "diffusion.T=100"]
+
+
+@pytest.fixture
+def tiny_overrides():
+    return list(TINY)

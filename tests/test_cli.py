@@ -1,0 +1,145 @@
+"""Every command end to end through the CLI, and every bad input as one line with a non-zero exit."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from diffprop.cli import main
+
+from .conftest import TINY
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _sets(overrides):
+    return [x for o in overrides for x in ("--set", o)]
+
+
+@pytest.fixture
+def trained(tmp_path, capsys):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text("[train]\nsteps = 30\n")
+    code, out, err = run(["train", cfg, "--out", tmp_path / "run", "--quiet", *_sets(TINY)], capsys)
+    assert code == 0, err
+    return tmp_path / "run"
+
+
+def test_train_sample_evaluate(trained, tmp_path, capsys):
+    assert {"config.toml", "data.json", "log.jsonl", "loss.png", "checkpoints"} <= {p.name for p in trained.iterdir()}
+    code, out, err = run(["sample", trained, "--num", 64, "--sampler", "ddim", "--steps", 10, "--seed", 1], capsys)
+    assert code == 0, err
+    path = trained / "samples" / "ddim-10-seed1.npz"
+    with np.load(path, allow_pickle=False) as f:
+        x, meta = f["samples"], json.loads(str(f["meta"]))
+    assert x.shape == (64, 2) and x.dtype == np.float32
+    assert meta["sampler"] == "ddim" and meta["steps"] == 10 and meta["seed"] == 1 and meta["ema"] is True
+    assert path.with_suffix(".png").is_file()
+    code, out, err = run(["evaluate", path, "--dataset", "gmm-grid"], capsys)
+    assert code == 0, err
+    m = json.loads(path.with_suffix(".metrics.json").read_text())
+    assert {"mode_coverage", "high_quality_fraction", "mmd_rbf"} <= m.keys()
+    # same seed, same samples; --no-ema gives different ones
+    run(["sample", trained, "--num", 64, "--sampler", "ddim", "--steps", 10, "--seed", 1, "--out", tmp_path / "b.npz"],
+        capsys)
+    run(["sample", trained, "--num", 64, "--sampler", "ddim", "--steps", 10, "--seed", 1, "--no-ema",
+         "--out", tmp_path / "c.npz"], capsys)
+    assert np.array_equal(np.load(tmp_path / "b.npz")["samples"], x)
+    assert not np.array_equal(np.load(tmp_path / "c.npz")["samples"], x)
+
+
+def test_sample_and_evaluate_the_oracle(tmp_path, capsys):
+    out_file = tmp_path / "o.npz"
+    code, _, err = run(["sample", "--oracle", "gmm-grid", "--num", 500, "--sampler", "ddim", "--steps", 50,
+                        "--out", out_file], capsys)
+    assert code == 0, err
+    code, out, err = run(["evaluate", out_file, "--dataset", "gmm-grid", "--out", tmp_path / "m.json"], capsys)
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["mode_coverage"] == 1.0 and m["high_quality_fraction"] > 0.95
+    assert "high_quality_fraction" in out
+
+
+def test_digits_unet_trains_and_samples_an_image_grid(tmp_path, capsys):
+    cfg = tmp_path / "digits.toml"
+    cfg.write_text('[data]\nname = "digits"\n[model]\nkind = "unet"\npreset = "tiny"\n'
+                   '[train]\nsteps = 4\nbatch_size = 16\nlog_every = 2\ncheckpoint_every = 4\n'
+                   '[diffusion]\nT = 50\n')
+    code, _, err = run(["train", cfg, "--out", tmp_path / "run", "--quiet"], capsys)
+    assert code == 0, err
+    code, _, err = run(["sample", tmp_path / "run", "--num", 9, "--steps", 5, "--out", tmp_path / "d.npz"], capsys)
+    assert code == 0, err
+    x = np.load(tmp_path / "d.npz")["samples"]
+    assert x.shape == (9, 1, 8, 8) and x.min() >= -1 and x.max() <= 1  # images clipped to the data range
+    assert (tmp_path / "d.png").is_file()
+    code, out, err = run(["evaluate", tmp_path / "d.npz", "--dataset", "digits"], capsys)
+    assert code == 0 and "mmd_rbf" in out
+
+
+def test_csv_samples_come_back_in_data_units(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = np.c_[rng.normal(1000, 10, 400), rng.normal(-5, 0.1, 400)]
+    (tmp_path / "d.csv").write_text("price,temp\n" + "\n".join(f"{a},{b}" for a, b in rows))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[data]\nname = "csv:{tmp_path / "d.csv"}"\n')
+    code, _, err = run(["train", cfg, "--out", tmp_path / "run", "--quiet", *_sets(TINY + ["data.num_samples=1"])],
+                       capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run/data.json").read_text())["scaler"]["columns"] == ["price", "temp"]
+    run(["sample", tmp_path / "run", "--num", 200, "--steps", 20, "--out", tmp_path / "s.npz"], capsys)
+    x = np.load(tmp_path / "s.npz")["samples"]
+    assert abs(np.median(x[:, 0]) - 1000) < 30 and abs(np.median(x[:, 1]) + 5) < 0.3
+
+
+def test_demo_quick(tmp_path, capsys):
+    code, out, err = run(["demo", "--quick", "--out", tmp_path / "demo", "--quiet"], capsys)
+    assert code == 0, err
+    report = (tmp_path / "demo/report.md").read_text()
+    assert "| oracle |" in report and "| ddpm |" in report and "samples.png" in report
+    metrics = json.loads((tmp_path / "demo/metrics.json").read_text())["metrics"]
+    assert metrics["oracle"]["high_quality_fraction"] > 0.95 and metrics["oracle"]["mode_coverage"] == 1.0
+    assert (tmp_path / "demo/samples.png").is_file() and (tmp_path / "demo/ddpm/loss.png").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "{tmp}/nope.toml"], "nope.toml: config file not found"),
+    (["train", "{cfg}", "--set", "diffusion.T=0"], "diffusion.T must be >= 1, got 0"),
+    (["train", "{cfg}", "--set", "diffusion.beta_end=1.2"], "diffusion.beta_end must be < 1.0, got 1.2"),
+    (["train", "{cfg}", "--set", "data.name=imagenet"], "data.name = 'imagenet' is not a dataset"),
+    (["train", "{cfg}", "--set", "train.stepz=3"], "unknown key 'train.stepz' in section [train]"),
+    (["train", "{cfg}", "--set", "sample.sampler=euler"], "sample.sampler = 'euler' is not allowed; allowed: ddpm, ddim"),
+    (["train", "{cfg}", "--set", "data.name=csv:{tmp}/missing.csv"], "missing.csv"),
+    (["sample", "--oracle", "gmm-grid", "--steps", "-3"], "argument --steps: must be >= 1, got -3"),
+    (["sample", "--oracle", "gmm-grid", "--sampler", "euler"], "argument --sampler: invalid choice: 'euler'"),
+    (["sample", "--oracle", "gmm-grid", "--steps", "5000"], "steps must be in 1..1000"),
+    (["sample", "--oracle", "digits"], "the oracle needs a Gaussian-mixture dataset"),
+    (["sample", "--oracle", "nonsense"], "nonsense"),
+    (["sample", "{tmp}"], "not a diffprop run folder (no config.toml)"),
+    (["sample"], "give a run folder or --oracle DATASET"),
+    (["evaluate", "{tmp}/none.npz", "--dataset", "gmm-grid"], "none.npz: samples file not found"),
+    (["evaluate", "{cfg}", "--dataset", "gmm-grid"], "cannot read samples"),
+    (["bench", "nothing"], "unknown benchmark 'nothing'"),
+])
+def test_bad_input_gives_one_line_and_exit_2(argv, message, tmp_path):
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text("[train]\nsteps = 1\n")
+    argv = [a.format(tmp=tmp_path, cfg=cfg) for a in argv]
+    message = message.format(tmp=tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "diffprop.cli", *argv], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith("diffprop: error:") and p.stderr.count("\n") == 1, p.stderr
+    assert message in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_train_refuses_to_overwrite_a_run(trained, tmp_path, capsys):
+    cfg = tmp_path / "tiny.toml"
+    code, _, err = run(["train", cfg, "--out", trained, "--quiet", *_sets(TINY)], capsys)
+    assert code == 2 and "already holds a run; use --resume latest" in err
