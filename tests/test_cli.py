@@ -125,18 +125,32 @@ def test_demo_quick(tmp_path, capsys):
     (["evaluate", "{cfg}", "--dataset", "gmm-grid"], "cannot read samples"),
     (["bench", "nothing"], "unknown benchmark 'nothing'"),
 ])
-def test_bad_input_gives_one_line_and_exit_2(argv, message, tmp_path):
+def test_bad_input_gives_one_line_and_exit_2(argv, message, tmp_path, capsys, monkeypatch):
     cfg = tmp_path / "ok.toml"
     cfg.write_text("[train]\nsteps = 1\n")
-    argv = [a.format(tmp=tmp_path, cfg=cfg) for a in argv]
-    message = message.format(tmp=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    try:
+        code, _, err = run([a.format(tmp=tmp_path, cfg=cfg) for a in argv], capsys)
+    except SystemExit as e:  # argparse's usage errors leave through exit()
+        code, err = e.code, capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("diffprop: error:") and err.count("\n") == 1, err
+    assert message.format(tmp=tmp_path) in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--oracle", "gmm-grid", "--steps", "-3"], "argument --steps: must be >= 1, got -3"),
+    (["train", "ok.toml", "--set", "diffusion.T=0"], "diffusion.T must be >= 1, got 0"),
+    (["evaluate", "none.npz", "--dataset", "gmm-grid"], "none.npz: samples file not found"),
+])
+def test_bad_input_from_a_real_process_has_no_traceback(argv, message, tmp_path):
+    (tmp_path / "ok.toml").write_text("[train]\nsteps = 1\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "diffprop.cli", *argv], capture_output=True, text=True, env=env,
-                       cwd=tmp_path, timeout=120)
-    assert p.returncode == 2, p.stderr
+                       cwd=tmp_path, timeout=300)
+    assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.startswith("diffprop: error:") and p.stderr.count("\n") == 1, p.stderr
-    assert message in p.stderr, p.stderr
-    assert "Traceback" not in p.stderr
+    assert message in p.stderr and "Traceback" not in p.stderr
 
 
 def test_train_refuses_to_overwrite_a_run(trained, tmp_path, capsys):

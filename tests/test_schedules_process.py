@@ -150,9 +150,16 @@ def test_spaced():
         assert ts[-1] == T
         if K >= 2:
             assert ts[0] == 1
+            # the nearest integers to an even spread over [1, T]
+            assert np.abs(np.array(ts) - np.linspace(1, T, K)).max() <= 0.5, K
     assert LIN.spaced(1) == [T]
     assert LIN.spaced(T) == list(range(1, T + 1))
     assert LIN.spaced(4) == [1, 334, 667, 1000]
+    # = diffusers' timestep_spacing="linspace" shifted by one for these K (not for every K, see below)
+    for K in (10, 50, 100):
+        ref = DDIMScheduler(num_train_timesteps=T, timestep_spacing="linspace")
+        ref.set_timesteps(K)
+        assert LIN.spaced(K) == sorted(k + 1 for k in ref.timesteps.tolist())
     gaps = np.diff(LIN.spaced(50))
     assert gaps.min() >= 20 and gaps.max() <= 21  # even spacing: (T - 1) / 49 = 20.39
     for bad in (0, -1, T + 1):
@@ -299,16 +306,17 @@ def test_p_step_respaced_equals_eq4_with_respaced_beta():
         torch.testing.assert_close(p_step(xt, x0_hat, a, ap, noise, "beta_tilde") - mean, bt.sqrt() * noise)
 
 
-@pytest.mark.xfail(reason="BUG: p_step silently treats any var_type other than 'beta' as 'beta_tilde' "
-                          "(process.py VAR_TYPES is never checked)", raises=AssertionError, strict=False)
 def test_p_step_rejects_unknown_var_type():
     x = torch.zeros(2, 1, dtype=F64)
-    a, ap = LIN.alpha_bars[10], LIN.alpha_bars[9]
-    try:
-        p_step(x, x, a, ap, torch.ones_like(x), "fixed_large")
-    except DiffpropError:
-        return
-    raise AssertionError("p_step accepted var_type='fixed_large'")
+    with pytest.raises(DiffpropError, match="unknown backward variance 'fixed_large'; allowed: beta, beta_tilde"):
+        p_step(x, x, LIN.alpha_bars[10], LIN.alpha_bars[9], torch.ones_like(x), "fixed_large")
+
+
+def test_gather_accepts_numpy_integers_and_mlp_accepts_float64_inputs():
+    x = torch.zeros(3, 2, dtype=F64)
+    assert LIN.gather("alpha_bars", np.int64(3), x) == LIN.alpha_bars[3]
+    out = Denoiser(build_net("mlp", (2,), width=16, depth=1), LIN).predict(x, torch.tensor(5))
+    assert out.eps.dtype == F64 and out.eps.shape == x.shape
 
 
 # ----------------------------------------------------------------------------------------------

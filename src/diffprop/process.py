@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import DiffpropError
 from .schedules import NoiseSchedule
 
 VAR_TYPES = ("beta", "beta_tilde")
@@ -47,6 +48,8 @@ def p_step(x_t: torch.Tensor, x0_hat: torch.Tensor, abar_t: torch.Tensor, abar_p
     000 Eq. 4's ``(x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)``. ``sigma_t^2`` is ``beta_t``
     (000's choice) or ``beta_tilde_t``; ``noise=None`` gives the mean (the last step of Ho et al. Alg. 2).
     """
+    if var_type not in VAR_TYPES:
+        raise DiffpropError(f"unknown backward variance {var_type!r}; allowed: {', '.join(VAR_TYPES)}")
     c0, ct, beta, beta_tilde = posterior_coefficients(abar_t, abar_prev)
     mean = c0 * x0_hat + ct * x_t
     if noise is None:

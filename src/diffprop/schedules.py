@@ -59,7 +59,7 @@ class NoiseSchedule:
         if key not in self._cache:
             self._cache[key] = getattr(self, name).to(device=x.device, dtype=x.dtype)
         arr = self._cache[key]
-        if isinstance(t, int) or (torch.is_tensor(t) and t.ndim == 0):
+        if isinstance(t, (int, np.integer)) or (torch.is_tensor(t) and t.ndim == 0):
             return arr[int(t)]
         return arr[t.to(x.device)].reshape(-1, *([1] * (x.ndim - 1)))
 

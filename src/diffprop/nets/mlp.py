@@ -49,8 +49,9 @@ class TimeMLP(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        temb = self.time_mlp(timestep_embedding(t, self.time_dim))
-        h = self.inp(x.reshape(x.shape[0], -1))
+        dtype = self.inp.weight.dtype  # inputs follow the weights' precision (float64 data, float32 net)
+        temb = self.time_mlp(timestep_embedding(t, self.time_dim).to(dtype))
+        h = self.inp(x.reshape(x.shape[0], -1).to(dtype))
         for block in self.blocks:
             h = block(h, temb)
         return self.out(h).reshape(x.shape)
