@@ -107,3 +107,33 @@ def test_every_example_is_seen_once_per_epoch(tmp_path, tiny_overrides):
     seen = torch.cat([t.batch(s) for s in range(per_epoch)])
     assert torch.equal(seen.sort(0).values, t.x.sort(0).values)
     assert not torch.equal(t.batch(0), t.batch(per_epoch))  # a new permutation next epoch
+
+
+def test_two_process_cpu_run_resumes_bit_exactly(tmp_path, tiny_overrides):
+    """Data-parallel training on 2 CPU processes (gloo, launched by torchrun); resume with the same world size."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\ndevice = \"cpu\"\n")
+    sets = [x for o in tiny_overrides + ["train.steps=20"] for x in ("--set", o)]
+
+    def launch(out, *extra):
+        cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+               "-m", "diffprop.cli", "train", str(cfg), "--out", str(out), "--quiet", *sets, *extra]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert p.returncode == 0, [ln for ln in (p.stdout + p.stderr).splitlines() if "diffprop" in ln or "Error" in ln]
+
+    launch(tmp_path / "one")
+    launch(tmp_path / "two", "--set", "train.steps=10")
+    launch(tmp_path / "two", "--resume", "latest")
+    a, b = list_checkpoints(tmp_path / "one")[-1], list_checkpoints(tmp_path / "two")[-1]
+    assert json.loads((a / "state.json").read_text())["world_size"] == 2
+    rng = load_file(a / "rng.safetensors")["generator"]
+    assert rng.shape[0] == 2 and not torch.equal(rng[0], rng[1])  # each rank draws its own noise
+    for part in ("model", "ema", "optimizer"):
+        ta, tb = load_file(a / f"{part}.safetensors"), load_file(b / f"{part}.safetensors")
+        assert all(torch.equal(ta[k], tb[k]) for k in ta)

@@ -82,6 +82,7 @@ class Trainer:
         if ckpt is not None:
             self._restore(ckpt)
         self.denoiser.net, self.optimizer = self.acc.prepare(self.net, self.optimizer)
+        self.acc.wait_for_everyone()  # every rank has read the run folder before the main process rewrites it
         live = self.net.state_dict()
         self._ema_pairs = [(self.ema[k], live[k]) for k in self.ema if live[k].is_floating_point()]
         self._ema_copies = [(self.ema[k], live[k]) for k in self.ema if not live[k].is_floating_point()]
@@ -111,11 +112,12 @@ class Trainer:
         self.net.load_state_dict(ckpt["model"])
         self.ema = {k: v.to(self.device) for k, v in ckpt["ema"].items()}
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        rng = ckpt["rng"]
-        self.generator.set_state(rng["generator"][self.rank])
-        torch.set_rng_state(rng["torch"][self.rank])
+        # rows are cloned: set_state reads a view's storage from its start, ignoring the row's offset
+        rng = {k: v[self.rank].clone() for k, v in ckpt["rng"].items()}
+        self.generator.set_state(rng["generator"])
+        torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"][self.rank])
+            torch.cuda.set_rng_state(rng["cuda"])
         self.step = ckpt["state"]["step"]
         log = self.run_dir / "log.jsonl"
         if log.is_file() and self.acc.is_main_process:  # forget what happened after the checkpoint
@@ -171,7 +173,8 @@ class Trainer:
         rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
-        rng = {k: self.acc.gather(v.to(self.device)[None]).cpu() for k, v in rng.items()}
+        # uint8 does not survive gloo's all-gather intact: ship the bytes as int64
+        rng = {k: self.acc.gather(v.to(self.device, torch.int64)[None]).cpu().to(torch.uint8) for k, v in rng.items()}
         path = None
         if self.acc.is_main_process:
             path = save_checkpoint(self.run_dir, self.step, model=self.acc.unwrap_model(self.net).state_dict(),
