@@ -40,16 +40,27 @@ def cmd_train(args) -> None:
         print(f"trained {trainer.step} steps; run folder: {out}")
 
 
-def _denoiser_for(args):
-    """The model a command talks to: a run's (EMA) denoiser or the oracle of a Gaussian-mixture dataset."""
+def _device(name: str) -> str:
     import torch
 
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DiffpropError("--device cuda: no CUDA device is available")
+    return name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _denoiser_for(args):
+    """The model a command talks to: a run's (EMA) denoiser, a diffusers checkpoint, or the exact oracle of a
+    Gaussian-mixture dataset. Returns (denoiser, config, data info, meta, device)."""
     from .config import Config
     from .data import load_dataset
     from .oracle import OracleDenoiser
     from .runs import build_schedule, load_run
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.device)
+    sources = [bool(args.run_dir), bool(args.oracle), bool(getattr(args, "diffusers", None))]
+    if sum(sources) != 1:
+        raise DiffpropError("give exactly one model: a run folder, --oracle DATASET"
+                            + (" or --diffusers DIR" if hasattr(args, "diffusers") else ""))
     if args.oracle:
         ds = load_dataset(args.oracle, num_samples=2)
         if ds.mixture is None:
@@ -59,8 +70,16 @@ def _denoiser_for(args):
         oracle = OracleDenoiser(ds.mixture, build_schedule(cfg), args.eps_scale, args.eps_bias)
         meta = {"model": f"oracle:{args.oracle}", "eps_scale": args.eps_scale, "eps_bias": args.eps_bias}
         return oracle, cfg, {"name": args.oracle, "data_shape": list(ds.data_shape), "scaler": None}, meta, device
-    if not args.run_dir:
-        raise DiffpropError("give a run folder or --oracle DATASET")
+    if getattr(args, "diffusers", None):
+        from .diffusers_io import load_diffusers
+
+        if not args.dataset:
+            raise DiffpropError("--diffusers needs --dataset (the data the checkpoint was trained on)")
+        denoiser = load_diffusers(args.diffusers).to(device)
+        c = denoiser.net.model.config
+        size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+        info = {"name": args.dataset, "data_shape": [c.in_channels, size, size], "scaler": None}
+        return denoiser, Config(), info, {"model": f"diffusers:{args.diffusers}"}, device
     run = load_run(args.run_dir, ema=not args.no_ema, device=device)
     meta = {"model": str(run.dir), "step": run.step, "ema": not args.no_ema}
     return run.denoiser, run.config, run.data, meta, device
@@ -87,8 +106,9 @@ def cmd_sample(args) -> None:
         s = data["scaler"]
         out = out * torch.tensor(s["std"]) + torch.tensor(s["mean"])  # back to data units
     meta.update(sampler=sampler, steps=steps, seed=args.seed, **options)
-    path = Path(args.out or (Path(args.run_dir) / "samples" / f"{sampler}-{steps}-seed{args.seed}.npz"
-                             if args.run_dir else f"samples-oracle-{args.oracle}.npz"))
+    default = (Path(args.run_dir) / "samples" / f"{sampler}-{steps}-seed{args.seed}.npz" if args.run_dir
+               else Path(f"samples-oracle-{args.oracle}.npz" if args.oracle else "samples-diffusers.npz"))
+    path = Path(args.out or default)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, samples=out.numpy().astype(np.float32), meta=json.dumps(meta))
     plot_samples(out.numpy(), path.with_suffix(".png"), title=f"{sampler}, {steps} steps")
@@ -128,6 +148,38 @@ def cmd_evaluate(args) -> None:
         if not isinstance(v, list):
             print(f"{k:>24}: {v:.4g}" if isinstance(v, float) else f"{k:>24}: {v}")
     print(f"wrote {out}")
+
+
+def cmd_measure(args) -> None:
+    from .data import load_dataset
+    from .measure import run_measure
+    from .oracle import OracleDenoiser
+
+    denoiser, cfg, info, meta, device = _denoiser_for(args)
+    name = getattr(args, "dataset", None) or info["name"]
+    ds = load_dataset(name, num_samples=max(args.num * 4, 4000), image_size=info["data_shape"][-1]
+                      if len(info["data_shape"]) == 3 else None, seed=args.seed, scaler=info.get("scaler"))
+    if list(ds.data_shape) != list(info["data_shape"]):
+        raise DiffpropError(f"--dataset {name}: data of shape {tuple(ds.data_shape)} but the model expects "
+                            f"{tuple(info['data_shape'])}")
+    reference = None
+    if ds.mixture is not None and not isinstance(denoiser, OracleDenoiser):
+        reference = OracleDenoiser(ds.mixture, denoiser.schedule)
+    out = Path(args.out or (Path(args.run_dir) / "measure" if args.run_dir else Path("runs") / "measure"))
+    kernels = tuple(k.strip() for k in args.kernels.split(",") if k.strip())
+    from .diagnostics.propagation import parse_kernel, time_grid
+
+    for k in kernels:
+        parse_kernel(k)  # reject a bad kernel before any work
+    summary = run_measure(denoiser, ds.x, out, {**meta, "dataset": name}, reference=reference,
+                          progress=not args.quiet, num=args.num, grid=time_grid(denoiser.schedule.T, args.grid),
+                          kernels=kernels, bootstrap_steps=args.bootstrap_steps, var_type=cfg.diffusion.var_type,
+                          num_permutations=args.permutations, seed=args.seed, device=device,
+                          batch_size=args.batch_size)
+    for k, v in summary["kernels"].items():
+        print(f"{k:>10}: cumulative {v['cumulative_tT']:.3g} at t=T -> {v['cumulative_t1']:.3g} at t=1 "
+              f"(floor {v['floor_t1']:.2g}); {v['points_above_floor']}/{v['points']} points above the floor")
+    print(f"wrote {out}/propagation.csv, propagation.png, summary.json")
 
 
 def cmd_demo(args) -> None:
@@ -184,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num", type=_positive(int), help="number of samples (default: the run's sample.num)")
     s.add_argument("--batch-size", type=_positive(int), help="sampling batch size")
     s.add_argument("--seed", type=int, default=0, help="seed of x_T and all sampling noise")
+    s.add_argument("--diffusers", metavar="DIR", help="a local diffusers UNet2DModel + DDPMScheduler folder")
+    s.add_argument("--dataset", help="with --diffusers: the data it was trained on (sets the sample shape)")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     s.add_argument("--out", help="output .npz (default: RUN_DIR/samples/SAMPLER-STEPS-seedS.npz)")
@@ -196,6 +250,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", required=True, help="dataset the samples should match, e.g. gmm-grid")
     e.add_argument("--out", help="output JSON (default: next to the samples)")
     e.set_defaults(fn=cmd_evaluate)
+
+    m = sub.add_parser("measure", help="error-propagation curves of a model (000 Sec. 4)",
+                       description="Cumulative, modular and bootstrapped MMD errors along the sampling chain, "
+                       "the amplification factor (000 Eq. 6) and a permutation noise floor, per kernel. Writes "
+                       "propagation.csv, propagation.png and summary.json.")
+    m.add_argument("run_dir", nargs="?", help="run folder written by `diffprop train`")
+    m.add_argument("--oracle", metavar="DATASET", help="measure the exact denoiser of a Gaussian-mixture dataset")
+    m.add_argument("--eps-scale", type=float, default=1.0, help="oracle: multiply its noise prediction by C")
+    m.add_argument("--eps-bias", type=float, default=0.0, help="oracle: add B to every coordinate of it")
+    m.add_argument("--diffusers", metavar="DIR", help="a local diffusers UNet2DModel + DDPMScheduler folder")
+    m.add_argument("--dataset", help="data to compare with (default: the run's; required with --diffusers)")
+    m.add_argument("--num", type=_positive(int), default=1000, help="N = M samples per side (default 1000)")
+    m.add_argument("--grid", type=_positive(int), default=20, help="number of timesteps measured (log-spaced)")
+    m.add_argument("--kernels", default="rbf,laplace,imq",
+                   help="comma list of rbf, laplace, imq, rbf-mix; KERNEL@H fixes the bandwidth (e.g. rbf@0.1)")
+    m.add_argument("--bootstrap-steps", type=_positive(int), default=5, help="L of the bootstrapped chain (000 Sec. 5.2)")
+    m.add_argument("--permutations", type=_positive(int), default=100, help="permutations for the noise floor")
+    m.add_argument("--batch-size", type=_positive(int), help="sampling batch size")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    m.add_argument("--out", help="output folder (default: RUN_DIR/measure or runs/measure)")
+    m.add_argument("--quiet", action="store_true", help="no progress bars")
+    m.set_defaults(fn=cmd_measure)
 
     d = sub.add_parser("demo", help="the main job: train, sample, evaluate and report on gmm-grid",
                        description="Train a DDPM on the 7x7 Gaussian grid, sample it beside the exact oracle, "

@@ -61,6 +61,8 @@ class TrainConfig:
     lr: float = _f(1e-3, "AdamW learning rate", gt=0.0)
     weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
     warmup_steps: int = _f(100, "linear learning-rate warm-up steps", min=0)
+    lr_schedule: str = _f("constant", "after warm-up: constant, or cosine decay to 0 at train.steps",
+                          choices=("constant", "cosine"))
     grad_clip: float = _f(1.0, "max gradient norm (0: no clipping)", min=0.0)
     ema_decay: float = _f(0.999, "EMA decay", min=0.0, max=1.0)
     ema_warmup: bool = _f(True, "EMA decay min(decay, (1 + step) / (10 + step))")

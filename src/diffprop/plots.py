@@ -68,3 +68,25 @@ def plot_samples(samples: np.ndarray, out: str | Path, reference: np.ndarray | N
     if samples.ndim == 2 and samples.shape[1] == 2:
         return plot_scatter({title: samples}, out, reference)
     return None
+
+
+def plot_propagation(result, out: str | Path, reference=None, title: str = "") -> Path:
+    """One panel per kernel: cumulative, modular and bootstrapped MMD^2 against t, the cumulative curve's
+    permutation noise floor shaded, and a reference model's cumulative curve dashed. The y axis is
+    symmetric-log, linear inside the noise floor, so unbiased estimates below zero stay visible."""
+    kernels = result.kernels
+    fig, axes = plt.subplots(1, len(kernels), figsize=(4.2 * len(kernels), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], kernels):
+        t, floor = result.column(k, "floor")
+        ax.fill_between(t, -floor, floor, color="0.85", label="noise floor (95%)")
+        for name, style in (("cumulative", "-o"), ("modular", "-s"), ("bootstrapped", ":^")):
+            ax.plot(*result.column(k, name), style, ms=3, label=name)
+        if reference is not None and k in reference.kernels:
+            ax.plot(*reference.column(k, "cumulative"), "k--", lw=1, label="oracle cumulative")
+        ax.set_yscale("symlog", linthresh=float(np.nanmedian(floor)) / 4 or 1e-6)
+        ax.set(xscale="log", xlabel="t (module index; sampling runs right to left)", ylabel="MMD$^2$", title=k)
+        ax.invert_xaxis()
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, out)

@@ -137,8 +137,12 @@ class Trainer:
         return self.x[idx.to(self.x.device)].to(self.device, non_blocking=True)
 
     def lr_at(self, step: int) -> float:
+        """Linear warm-up over ``warmup_steps``, then constant or a cosine decay to 0 at ``train.steps``."""
         tc = self.cfg.train
-        return tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
+        lr = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
+        if tc.lr_schedule == "cosine" and step >= tc.warmup_steps:
+            lr *= 0.5 * (1 + math.cos(math.pi * (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)))
+        return lr
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         tc = self.cfg.train

@@ -1,0 +1,81 @@
+"""Error-propagation curves: flat at the noise floor for the exact oracle (000 Prop. A.1), rising by orders of
+magnitude for an oracle with a noise-prediction bias; `measure` end to end, also on a diffusers checkpoint."""
+import csv
+import json
+
+import pytest
+import torch
+
+from diffprop.cli import main
+from diffprop.diagnostics.propagation import parse_kernel, propagation, time_grid
+from diffprop.errors import DiffpropError
+from diffprop.mixtures import grid_mixture
+from diffprop.oracle import OracleDenoiser
+from diffprop.schedules import NoiseSchedule
+
+GRID, SCHED = grid_mixture(), NoiseSchedule.from_config("linear", 1000)
+DATA = GRID.sample(20000, torch.Generator().manual_seed(0)).float()
+OPTS = dict(num=1000, grid=[1, 10, 50, 100, 300, 600, 1000], kernels=("rbf",), num_permutations=100, progress=False)
+
+
+def test_exact_oracle_curves_sit_at_the_noise_floor():
+    res = propagation(OracleDenoiser(GRID, SCHED), DATA, **OPTS)
+    for name in ("cumulative", "modular", "bootstrapped"):
+        _, v = res.column("rbf", name)
+        _, floor = res.column("rbf", "floor")
+        assert (v <= 3 * floor).all(), (name, v, floor)  # 3 x the null's 95% quantile is about 5 null std
+
+
+def test_biased_oracle_accumulates_error_from_T_towards_small_t():
+    res = propagation(OracleDenoiser(GRID, SCHED, eps_bias=0.1), DATA, **OPTS)
+    t, cumu = res.column("rbf", "cumulative")
+    _, floor = res.column("rbf", "floor")
+    _, p = res.column("rbf", "p_value")
+    assert cumu[-1] < floor[-1]  # t = T: the chain has just started, nothing to see
+    small = t <= 100
+    assert (cumu[small] > 10 * floor[small]).all() and (p[small] <= 0.01).all()  # clearly off the floor
+    assert cumu[small].min() > 30 * abs(cumu[-1])  # orders of magnitude above the value at t = T
+    _, mod = res.column("rbf", "modular")
+    assert (mod < cumu).all() or (mod[small] < 0.1 * cumu[small]).all()  # one step's error is small: it accumulates
+
+
+def test_kernel_specs_and_grid():
+    assert parse_kernel("laplace") == ("laplace", "median") and parse_kernel("rbf@0.1") == ("rbf", 0.1)
+    for bad, msg in (("gauss", "unknown kernel 'gauss'"), ("rbf@x", "is not a number"), ("imq@0", "must be > 0")):
+        with pytest.raises(DiffpropError, match=msg):
+            parse_kernel(bad)
+    g = time_grid(1000, 20)
+    assert g[0] == 1 and g[-1] == 1000 and g == sorted(set(g)) and len(g) >= 15
+
+
+def test_measure_cli_writes_the_contract_files(tmp_path, capsys):
+    out = tmp_path / "m"
+    code = main(["measure", "--oracle", "gmm-grid", "--eps-bias", "0.1", "--num", "300", "--grid", "5",
+                 "--kernels", "rbf,laplace,imq,rbf@0.1", "--permutations", "20", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((out / "propagation.csv").open()))
+    assert {"t", "kernel", "cumulative", "modular", "amplification"} <= rows[0].keys()
+    assert {r["kernel"] for r in rows} == {"rbf", "laplace", "imq", "rbf@0.1"} and len(rows) == 4 * 5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "oracle:gmm-grid" and summary["eps_bias"] == 0.1
+    assert set(summary["kernels"]) == {"rbf", "laplace", "imq", "rbf@0.1"}
+    assert (out / "propagation.png").stat().st_size > 10_000
+
+
+def test_measure_and_sample_a_diffusers_checkpoint(tmp_path, capsys):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       layers_per_block=1, norm_num_groups=8)
+    unet.save_pretrained(tmp_path / "ckpt" / "unet")
+    DDPMScheduler(num_train_timesteps=20).save_pretrained(tmp_path / "ckpt" / "scheduler")
+    code = main(["measure", "--diffusers", str(tmp_path / "ckpt"), "--dataset", "digits", "--num", "32",
+                 "--grid", "3", "--permutations", "10", "--kernels", "rbf", "--out", str(tmp_path / "m"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((tmp_path / "m/propagation.csv").open()))
+    assert [int(r["t"]) for r in rows] == time_grid(20, 3)
+    code = main(["sample", "--diffusers", str(tmp_path / "ckpt"), "--dataset", "digits", "--num", "4",
+                 "--out", str(tmp_path / "s.npz")])
+    assert code == 0, capsys.readouterr().err
