@@ -79,3 +79,28 @@ def test_measure_and_sample_a_diffusers_checkpoint(tmp_path, capsys):
     code = main(["sample", "--diffusers", str(tmp_path / "ckpt"), "--dataset", "digits", "--num", "4",
                  "--out", str(tmp_path / "s.npz")])
     assert code == 0, capsys.readouterr().err
+
+
+def test_repeats_give_means_and_spreads_and_exposure_bias_columns():
+    opts = {**OPTS, "num": 300, "grid": [1, 100, 1000], "num_permutations": 20}
+    one = propagation(OracleDenoiser(GRID, SCHED, eps_bias=0.1), DATA, **opts)
+    two = propagation(OracleDenoiser(GRID, SCHED, eps_bias=0.1), DATA, repeats=2, **opts)
+    assert "cumulative_std" not in one.rows[0] and two.rows[0]["cumulative_std"] >= 0
+    t, cumu = two.column("rbf", "cumulative")
+    _, sd = two.column("rbf", "cumulative_std")
+    _, floor = two.column("rbf", "floor")
+    assert 0 < sd[0] < cumu[0] and cumu[0] - sd[0] > floor[0]  # the rise at t = 1 survives the spread
+    # exposure bias: the biased chain's eps norm departs from the norm on training inputs; the exact one does not
+    exact = propagation(OracleDenoiser(GRID, SCHED), DATA, **opts)
+    gap = lambda r: abs(r.column("rbf", "eps_norm_chain")[1][0] - r.column("rbf", "eps_norm_forward")[1][0])  # noqa
+    assert gap(one) > 5 * gap(exact)
+    assert all(r["delta"] >= 0 for r in one.rows)
+
+
+def test_measure_refuses_a_run_without_checkpoints(tmp_path, capsys):
+    from diffprop.config import Config, save_config
+
+    save_config(Config(), tmp_path / "config.toml")
+    (tmp_path / "data.json").write_text('{"name": "gmm-grid", "data_shape": [2], "scaler": null}')
+    assert main(["measure", str(tmp_path), "--quiet"]) == 2
+    assert "no checkpoints found" in capsys.readouterr().err

@@ -167,14 +167,15 @@ def cmd_measure(args) -> None:
         reference = OracleDenoiser(ds.mixture, denoiser.schedule)
     out = Path(args.out or (Path(args.run_dir) / "measure" if args.run_dir else Path("runs") / "measure"))
     kernels = tuple(k.strip() for k in args.kernels.split(",") if k.strip())
-    from .diagnostics.propagation import parse_kernel, time_grid
+    from .diagnostics.propagation import parse_grid, parse_kernel
 
     for k in kernels:
         parse_kernel(k)  # reject a bad kernel before any work
+    grid = parse_grid(args.grid, denoiser.schedule.T)
     summary = run_measure(denoiser, ds.x, out, {**meta, "dataset": name}, reference=reference,
-                          progress=not args.quiet, num=args.num, grid=time_grid(denoiser.schedule.T, args.grid),
+                          progress=not args.quiet, num=args.num, grid=grid,
                           kernels=kernels, bootstrap_steps=args.bootstrap_steps, var_type=cfg.diffusion.var_type,
-                          num_permutations=args.permutations, seed=args.seed, device=device,
+                          num_permutations=args.permutations, seed=args.seed, device=device, repeats=args.repeats,
                           batch_size=args.batch_size)
     for k, v in summary["kernels"].items():
         print(f"{k:>10}: cumulative {v['cumulative_tT']:.3g} at t=T -> {v['cumulative_t1']:.3g} at t=1 "
@@ -262,11 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--diffusers", metavar="DIR", help="a local diffusers UNet2DModel + DDPMScheduler folder")
     m.add_argument("--dataset", help="data to compare with (default: the run's; required with --diffusers)")
     m.add_argument("--num", type=_positive(int), default=1000, help="N = M samples per side (default 1000)")
-    m.add_argument("--grid", type=_positive(int), default=20, help="number of timesteps measured (log-spaced)")
+    m.add_argument("--grid", default="20", help="number of timesteps measured (log-spaced), or a comma list "
+                   "of timesteps in 1..T (default 20)")
     m.add_argument("--kernels", default="rbf,laplace,imq",
                    help="comma list of rbf, laplace, imq, rbf-mix; KERNEL@H fixes the bandwidth (e.g. rbf@0.1)")
     m.add_argument("--bootstrap-steps", type=_positive(int), default=5, help="L of the bootstrapped chain (000 Sec. 5.2)")
     m.add_argument("--permutations", type=_positive(int), default=100, help="permutations for the noise floor")
+    m.add_argument("--repeats", type=_positive(int), default=1,
+                   help="repeat with fresh seeds; columns become means, *_std columns their spread")
     m.add_argument("--batch-size", type=_positive(int), help="sampling batch size")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")

@@ -12,7 +12,8 @@ import numpy as np
 from .diagnostics.propagation import Propagation, propagation
 from .plots import plot_propagation
 
-CSV_COLUMNS = ("t", "kernel", "cumulative", "modular", "amplification", "bootstrapped", "floor", "p_value")
+CSV_COLUMNS = ("t", "kernel", "cumulative", "modular", "amplification", "bootstrapped", "floor", "p_value",
+               "delta", "eps_norm_chain", "eps_norm_forward")
 
 
 def write_csv(result: Propagation, path: Path) -> None:

@@ -80,7 +80,11 @@ def plot_propagation(result, out: str | Path, reference=None, title: str = "") -
         t, floor = result.column(k, "floor")
         ax.fill_between(t, -floor, floor, color="0.85", label="noise floor (95%)")
         for name, style in (("cumulative", "-o"), ("modular", "-s"), ("bootstrapped", ":^")):
-            ax.plot(*result.column(k, name), style, ms=3, label=name)
+            tt, v = result.column(k, name)
+            line, = ax.plot(tt, v, style, ms=3, label=name)
+            if f"{name}_std" in result.rows[0]:
+                sd = result.column(k, f"{name}_std")[1]
+                ax.fill_between(tt, v - sd, v + sd, color=line.get_color(), alpha=0.2, lw=0)
         if reference is not None and k in reference.kernels:
             ax.plot(*reference.column(k, "cumulative"), "k--", lw=1, label="oracle cumulative")
         ax.set_yscale("symlog", linthresh=float(np.nanmedian(floor)) / 4 or 1e-6)

@@ -10,6 +10,13 @@ Indexing follows 000: module ``t`` is the backward step ``p_theta(x_{t-1}|x_t)``
 - ``bootstrapped``: the cheap estimate of 000 Sec. 5.2 / Eq. 16-17: warm start at ``s = min(t - 1 + L, T)``
   from ``q(x_s)`` and ``s - t + 1`` model steps down to ``x_{t-1}``.
 ``floor`` is the 95 % quantile of the permutation null of the cumulative MMD, ``p_value`` its p-value.
+
+Two exposure-bias measures from the literature, per t, for comparison:
+- ``delta`` (Ning et al. 2023): one model step from ``x_t = q_sample(x_0, t)``; the per-coordinate std over
+  samples of ``x_hat_{t-1} - sqrt(abar_{t-1}) x_0``, averaged over coordinates, against its value
+  ``sqrt(1 - abar_{t-1})`` under the forward process: ``delta = (std - sqrt(1 - abar_{t-1}))^2``;
+- ``eps_norm_chain`` / ``eps_norm_forward``: RMS of the predicted noise on the chain's ``x_t`` and on
+  forward samples of ``q(x_t)`` (the training inputs); a gap is the chain's drift seen by the network.
 """
 from __future__ import annotations
 
@@ -44,6 +51,20 @@ def parse_kernel(spec: str) -> tuple[str, str | float]:
     return name, h
 
 
+def parse_grid(spec: str, T: int) -> list[int]:
+    """``"20"`` (that many log-spaced points) or ``"1,10,100"`` (explicit module indices in 1..T)."""
+    try:
+        values = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise DiffpropError(f"--grid {spec!r}: expected a number of points or a comma list of timesteps") from None
+    if len(values) == 1 and "," not in spec:
+        return time_grid(T, values[0])
+    bad = [v for v in values if not 1 <= v <= T]
+    if bad or not values:
+        raise DiffpropError(f"--grid {spec!r}: timesteps must lie in 1..{T} (the model's T), got {bad or spec}")
+    return sorted(set(values))
+
+
 def time_grid(T: int, points: int) -> list[int]:
     """``points`` module indices in 1..T, denser near t = 1 where errors pile up (log-spaced), always with 1 and T."""
     if points < 2:
@@ -66,6 +87,10 @@ class Propagation:
         return list(dict.fromkeys(r["kernel"] for r in self.rows))
 
 
+def _rms(x: torch.Tensor) -> float:
+    return float(x.double().pow(2).mean().sqrt())
+
+
 def _model_steps(denoiser, x, t_from: int, t_to: int, generator, var_type: str) -> torch.Tensor:
     """Ancestral steps ``x_{t_from} -> x_{t_to}`` (000 Eq. 2, 4), the same steps the DDPM sampler takes."""
     abar = denoiser.schedule.alpha_bars.to(x.device, x.dtype)
@@ -76,14 +101,43 @@ def _model_steps(denoiser, x, t_from: int, t_to: int, generator, var_type: str) 
     return x
 
 
-@torch.no_grad()
-def propagation(denoiser, data: torch.Tensor, *, num: int = 1000, grid: list[int] | None = None,
-                kernels=("rbf", "laplace", "imq"), bootstrap_steps: int = 5, var_type: str = "beta",
-                num_permutations: int = 100, seed: int = 0, device="cpu", batch_size: int | None = None,
-                progress: bool = True, exact=None) -> Propagation:
+UNCERTAIN = ("cumulative", "modular", "amplification", "bootstrapped")
+
+
+def propagation(denoiser, data: torch.Tensor, *, repeats: int = 1, seed: int = 0, **options) -> Propagation:
     """Measure the error-propagation profile of ``denoiser`` against ``data`` (x_0 samples, model units).
 
-    ``exact``, when given, is a callable ``exact(t, back_prev) -> dict`` adding exact-error columns.
+    With ``repeats > 1`` everything (chains, forward samples, permutations) is drawn again with seeds
+    ``seed, seed + 1, ...``; each numeric column is the mean over repeats, and ``cumulative_std``,
+    ``modular_std``, ``amplification_std``, ``bootstrapped_std`` give the spread (NaN-aware).
+    Options: see :func:`propagation_once`.
+    """
+    if repeats < 1:
+        raise DiffpropError(f"repeats must be >= 1, got {repeats}")
+    runs = [propagation_once(denoiser, data, seed=seed + r, **options) for r in range(repeats)]
+    if repeats == 1:
+        return runs[0]
+    out = Propagation()
+    for rows in zip(*(r.rows for r in runs)):
+        merged = dict(rows[0])
+        for key, v in rows[0].items():
+            if isinstance(v, float):
+                vals = np.array([row[key] for row in rows], dtype=float)
+                merged[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+                if key in UNCERTAIN:
+                    merged[f"{key}_std"] = float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else float("nan")
+        out.rows.append(merged)
+    return out
+
+
+@torch.no_grad()
+def propagation_once(denoiser, data: torch.Tensor, *, num: int = 1000, grid: list[int] | None = None,
+                     kernels=("rbf", "laplace", "imq"), bootstrap_steps: int = 5, var_type: str = "beta",
+                     num_permutations: int = 100, seed: int = 0, device="cpu", batch_size: int | None = None,
+                     progress: bool = True, exact=None) -> Propagation:
+    """One measurement with one seed (see the module docstring for the columns).
+
+    ``exact``, when given, is a callable ``exact(t, x_prev_on_chain) -> dict`` adding exact-error columns.
     """
     T = denoiser.schedule.T
     grid = grid or time_grid(T, 20)
@@ -117,6 +171,16 @@ def propagation(denoiser, data: torch.Tensor, *, num: int = 1000, grid: list[int
         s = min(t - 1 + bootstrap_steps, T)
         boot = _model_steps(denoiser, forward(s), s, t - 1, g, var_type)
         extra = exact(t, back[t - 1]) if exact else {}
+        x0 = data[torch.randint(0, len(data), (num,), generator=torch.Generator().manual_seed(seed + 31 * t))]
+        x0 = x0.to(device)
+        x_t = q_sample(denoiser.schedule, x0, torch.tensor(t), torch.randn(x0.shape, generator=g, device=device))
+        abar_prev = denoiser.schedule.alpha_bars[t - 1].item()
+        resid = _model_steps(denoiser, x_t, t, t - 1, g, var_type) - abar_prev**0.5 * x0
+        std = float(resid.double().flatten(1).std(0).mean())
+        tt = torch.tensor(t, device=device)
+        extra.update(delta=(std - (1 - abar_prev) ** 0.5) ** 2,  # Ning et al. 2023
+                     eps_norm_chain=_rms(denoiser.predict(back[t], tt).eps),
+                     eps_norm_forward=_rms(denoiser.predict(x_t, tt).eps))
         for spec, name, bw in specs:
             d_cumu, floor, p = cumulative(t, name, bw)
             d_next, floor_next, _ = cumulative(t + 1, name, bw) if t < T else (float("nan"), float("nan"), 1.0)
