@@ -93,7 +93,8 @@ def test_repeats_give_means_and_spreads_and_exposure_bias_columns():
     # exposure-bias columns: at t = T the chain's x_T and q(x_T) are both N(0, I), so the eps norms agree
     # (on this toy the gap is dominated by sampling noise elsewhere, biased or not: no stronger claim is made)
     last = [r for r in one.rows if r["t"] == 1000][0]
-    assert abs(last["eps_norm_chain"] - last["eps_norm_forward"]) < 0.05 * last["eps_norm_forward"]
+    se = 1 / (2 * 300 * 2) ** 0.5  # relative standard error of an RMS over N * D unit Gaussians
+    assert abs(last["eps_norm_chain"] - last["eps_norm_forward"]) < 4 * se * last["eps_norm_forward"]
     assert all(r["delta"] >= 0 and r["eps_norm_chain"] > 0 for r in one.rows)
 
 
