@@ -162,9 +162,10 @@ def cmd_measure(args) -> None:
     if list(ds.data_shape) != list(info["data_shape"]):
         raise DiffpropError(f"--dataset {name}: data of shape {tuple(ds.data_shape)} but the model expects "
                             f"{tuple(info['data_shape'])}")
-    reference = None
-    if ds.mixture is not None and not isinstance(denoiser, OracleDenoiser):
-        reference = OracleDenoiser(ds.mixture, denoiser.schedule)
+    reference = exact = None
+    if ds.mixture is not None:  # the data density is known: exact KL errors, and the oracle's curve beside
+        exact = OracleDenoiser(ds.mixture, denoiser.schedule)
+        reference = None if isinstance(denoiser, OracleDenoiser) else exact
     out = Path(args.out or (Path(args.run_dir) / "measure" if args.run_dir else Path("runs") / "measure"))
     kernels = tuple(k.strip() for k in args.kernels.split(",") if k.strip())
     from .diagnostics.propagation import parse_grid, parse_kernel
@@ -176,6 +177,7 @@ def cmd_measure(args) -> None:
                           progress=not args.quiet, num=args.num, grid=grid,
                           kernels=kernels, bootstrap_steps=args.bootstrap_steps, var_type=cfg.diffusion.var_type,
                           num_permutations=args.permutations, seed=args.seed, device=device, repeats=args.repeats,
+                          oracle=exact,
                           batch_size=args.batch_size)
     for k, v in summary["kernels"].items():
         print(f"{k:>10}: cumulative {v['cumulative_tT']:.3g} at t=T -> {v['cumulative_t1']:.3g} at t=1 "

@@ -21,8 +21,8 @@ from .runs import load_run
 from .samplers import sample
 from .training import Trainer
 
-FULL = {"train": {"steps": 12000, "batch_size": 512, "lr": 1e-3, "checkpoint_every": 2000}}
-QUICK = {"train": {"steps": 1500, "batch_size": 256, "lr": 2e-3, "checkpoint_every": 500}}
+FULL = {"train": {"steps": 12000, "batch_size": 512, "lr": 1e-3, "lr_schedule": "cosine", "checkpoint_every": 2000}}
+QUICK = {"train": {"steps": 1500, "batch_size": 256, "lr": 2e-3, "lr_schedule": "cosine", "checkpoint_every": 500}}
 NUM_SAMPLES = {False: 2000, True: 1000}
 # median-bandwidth RBF (what 000 uses) is blind inside a mode of std 0.05; a 0.1 bandwidth sees it
 MEASURE = {False: dict(num=1000, grid=[1, 3, 10, 30, 100, 200, 400, 700, 1000], kernels=("rbf", "rbf@0.1")),
@@ -81,7 +81,8 @@ def run_demo(out: Path, quick: bool = False, progress: bool = True) -> Path:
     plot_scatter({f"{k} ({n} samples, DDPM T={cfg.diffusion.T})": v.numpy() for k, v in samples.items()},
                  out / "samples.png", reference=data.x[:5000].numpy())
     prop = run_measure(run.denoiser, data.x, out / "measure", {"model": "ddpm (EMA)", "dataset": cfg.data.name},
-                       reference=oracle, progress=progress, var_type=cfg.diffusion.var_type, seed=cfg.seed,
+                       reference=oracle, oracle=oracle, progress=progress, var_type=cfg.diffusion.var_type,
+                       seed=cfg.seed,
                        **MEASURE[quick])
     summary = {"config": cfg.to_dict(), "train_seconds": round(train_s, 1), "metrics": metrics,
                "propagation": prop}
