@@ -87,8 +87,8 @@ def _denoiser_for(args):
 
 def cmd_sample(args) -> None:
     import numpy as np
-    import torch
 
+    from .data import to_data_units
     from .plots import plot_samples
     from .samplers import sample
 
@@ -102,9 +102,7 @@ def cmd_sample(args) -> None:
     out = sample(denoiser, args.num or sc.num, tuple(data["data_shape"]), sampler=sampler, steps=steps,
                  seed=args.seed, device=device, batch_size=args.batch_size or sc.batch_size or None,
                  clip_x0=clip or None, **options).x.float().cpu()
-    if data.get("scaler"):
-        s = data["scaler"]
-        out = out * torch.tensor(s["std"]) + torch.tensor(s["mean"])  # back to data units
+    out = to_data_units(out, data.get("scaler"))
     meta.update(sampler=sampler, steps=steps, seed=args.seed, **options)
     default = (Path(args.run_dir) / "samples" / f"{sampler}-{steps}-seed{args.seed}.npz" if args.run_dir
                else Path(f"samples-oracle-{args.oracle}.npz" if args.oracle else "samples-diffusers.npz"))
@@ -291,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="performance benchmarks (JSON)",
                        description="Timings measured side by side in one run, written as JSON.")
-    b.add_argument("name", help="benchmark name: train-overhead")
+    b.add_argument("name", help="train-overhead (trainer vs bare loop), mmd (chunked vs full-matrix MMD, "
+                   "memory), measure (full measure on digits, MMD share of the time)")
     b.add_argument("--out", help="also write the JSON here")
     b.set_defaults(fn=cmd_bench)
     return p

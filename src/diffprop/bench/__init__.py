@@ -5,9 +5,11 @@ import platform
 
 import torch
 
+from .measure_bench import measure_bench
+from .mmd_bench import mmd_bench
 from .train_overhead import train_overhead
 
-BENCHMARKS = {"train-overhead": train_overhead}
+BENCHMARKS = {"train-overhead": train_overhead, "mmd": mmd_bench, "measure": measure_bench}
 
 
 def run_benchmark(name: str) -> dict:

@@ -35,23 +35,29 @@ class Dataset:
     mixture: GaussianMixture | None = None  # exact parameters of gmm-grid / gmm-ring
     scaler: dict | None = None  # csv only: {"columns": [...], "mean": [...], "std": [...]}
 
-    def _affine(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tensor(self.scaler["mean"], dtype=x.dtype, device=x.device)
-        return mean, torch.tensor(self.scaler["std"], dtype=x.dtype, device=x.device)
-
     def to_data_units(self, x: torch.Tensor) -> torch.Tensor:
         """Model units -> the file's units (``x * std + mean`` per column); identity without a scaler."""
-        if self.scaler is None:
-            return x
-        mean, std = self._affine(x)
-        return x * std + mean
+        return to_data_units(x, self.scaler)
 
     def from_data_units(self, x: torch.Tensor) -> torch.Tensor:
         """The file's units -> model units (``(x - mean) / std``); identity without a scaler."""
         if self.scaler is None:
             return x
-        mean, std = self._affine(x)
+        mean, std = _affine(x, self.scaler)
         return (x - mean) / std
+
+
+def _affine(x: torch.Tensor, scaler: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(scaler["mean"], dtype=x.dtype, device=x.device)
+    return mean, torch.tensor(scaler["std"], dtype=x.dtype, device=x.device)
+
+
+def to_data_units(x: torch.Tensor, scaler: dict | None) -> torch.Tensor:
+    """Model units -> data units with a saved scaler (a run's ``data.json``); identity for ``None``."""
+    if scaler is None:
+        return x
+    mean, std = _affine(x, scaler)
+    return x * std + mean
 
 
 def _existing(spec: str, path: Path, folder: bool) -> Path:
