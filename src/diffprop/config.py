@@ -74,6 +74,65 @@ class TrainConfig:
     log_every: int = _f(50, "steps between log.jsonl lines", min=1)
 
 
+REGULARIZERS = ("epdm", "consistency", "input_perturbation", "fokker_planck")
+
+
+@dataclass
+class ObjectiveConfig:
+    lambda_nl: float = _f(1.0, "weight of the denoising loss (000 Eq. 15's lambda_nl; the EPDM paper uses 0.8)",
+                          min=0.0)
+    regularizers: list = _f((), "regularizers added to the loss, each weighted by its section's `weight`: "
+                            "epdm, consistency, input_perturbation, fokker_planck", each=REGULARIZERS)
+
+
+@dataclass
+class EPDMConfig:
+    """000 Sec. 5 / App. F. ``preset`` fills every field left at its "preset" value (0 or "preset")."""
+    preset: str = _f("paper", "paper (000's text) or official (the public code)", choices=("paper", "official"))
+    weight: float = _f(0.0, "lambda_reg (0: preset's: paper 0.2, official 1.0)", min=0.0)
+    L: int = _f(0, "max bootstrapping steps s - t (0: preset's 5)", min=0)
+    rho: float = _f(0.0, "time-weight rate, w_t ~ exp(rho (T - t)) (0: preset's 0.003)", min=0.0)
+    time_weights: str = _f("preset", "T_wt: T * normalised w_t (mean 1), literal: normalised w_t (sums to 1 over "
+                           "T, about 1/T of the loss), uniform: 1", choices=("preset", "T_wt", "literal", "uniform"))
+    init: str = _f("preset", "warm: x_s = q_sample(x_0', s) (000 Eq. 16); random: x_s ~ N(0, I) (ablation)",
+                   choices=("preset", "warm", "random"))
+    kernel: str = _f("preset", "MMD kernel, optionally KERNEL@BANDWIDTH (paper: rbf; official: rbf-mix with "
+                     "mean-distance bandwidth)")
+    estimator: str = _f("preset", "unbiased or biased (000 Eq. 13 as printed; official)",
+                        choices=("preset", "unbiased", "biased"))
+    grad: str = _f("preset", "gradient through every chain step (all; official) or the last step only (last)",
+                   choices=("preset", "all", "last"))
+    warm_batch: str = _f("preset", "where the warm-start examples S_0' come from: second (an independent second "
+                         "batch, paper) or half (the batch split in halves, official)",
+                         choices=("preset", "second", "half"))
+
+
+@dataclass
+class ConsistencyConfig:
+    """Consistent Diffusion Models (003 Sec. 4), as the public code does it."""
+    weight: float = _f(0.1, "lambda (the public code's 10.0 is on the EDM scale; see docs)", min=0.0)
+    steps: int = _f(5, "reverse steps from t down to t' (no gradient on the path)", min=1)
+    window: int = _f(20, "t' is drawn in [t - window, t - 1]", min=1)
+
+
+@dataclass
+class InputPerturbationConfig:
+    """ADM-IP (Ning et al. 2023): train on x_t built from eps + gamma xi, target eps."""
+    weight: float = _f(1.0, "weight of the input-perturbed denoising loss", min=0.0)
+    gamma: float = _f(0.1, "perturbation scale (0.15 for CIFAR-10 in the paper)", min=0.0)
+
+
+@dataclass
+class FokkerPlanckConfig:
+    """FP-Diffusion (Lai et al. 2022): the score Fokker-Planck residual of the VP SDE."""
+    weight: float = _f(1.0, "overall weight of the FP penalty", min=0.0)
+    alpha: float = _f(0.15, "weight of the squared residual", min=0.0)
+    beta: float = _f(0.01, "weight of the absolute right-hand side", min=0.0)
+    divergence: str = _f("auto", "exact (low dimension), hutchinson (one probe), auto: exact when D <= 8",
+                         choices=("auto", "exact", "hutchinson"))
+    dt: int = _f(1, "timestep offset of the 3-point finite difference in t", min=1)
+
+
 @dataclass
 class SampleConfig:
     sampler: str = _f("ddpm", "sampler", choices=("ddpm", "ddim"))
@@ -92,9 +151,16 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    epdm: EPDMConfig = field(default_factory=EPDMConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    input_perturbation: InputPerturbationConfig = field(default_factory=InputPerturbationConfig)
+    fokker_planck: FokkerPlanckConfig = field(default_factory=FokkerPlanckConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["objective"]["regularizers"] = list(d["objective"]["regularizers"])  # TOML arrays
+        return d
 
     def dumps(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -116,6 +182,15 @@ def _check(key: str, value: Any, f: dataclasses.Field) -> Any:
         value = float(value)
     elif typ == "str" and not isinstance(value, str):
         raise DiffpropError(f"config: {key} must be a string, got {value!r}")
+    elif typ == "list":
+        if not isinstance(value, (list, tuple)):
+            raise DiffpropError(f"config: {key} must be a list, got {value!r}")
+        bad = [v for v in value if v not in rule.get("each", ())]
+        if bad:
+            raise DiffpropError(f"config: {key} has {bad[0]!r}; allowed: {', '.join(rule['each'])}")
+        if len(set(value)) != len(value):
+            raise DiffpropError(f"config: {key} lists {value!r}; each entry at most once")
+        return tuple(value)
     if "choices" in rule and value not in rule["choices"]:
         raise DiffpropError(f"config: {key} = {value!r} is not allowed; allowed: {', '.join(rule['choices'])}")
     if rule.get("dataset"):

@@ -22,7 +22,7 @@ from .checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, s
 from .config import Config, load_config, save_config
 from .data import load_dataset
 from .errors import DiffpropError
-from .losses import DenoisingLoss
+from .losses import Objective, Term
 from .runs import build_denoiser, write_data_info
 
 # Settings that may change between a run and its resumption; anything else must match.
@@ -74,7 +74,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.denoiser = build_denoiser(cfg, self.dataset.data_shape).to(self.device)
         self.net = self.denoiser.net
-        self.objective = objective or DenoisingLoss()
+        self.objective = objective or Objective.from_config(cfg, sample_data=self.sample_data)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.ema = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed * 1_000_003 + 7919 * (self.rank + 1))
@@ -136,6 +136,11 @@ class Trainer:
         idx = self._perm[i * B + self.rank * b: i * B + (self.rank + 1) * b]
         return self.x[idx.to(self.x.device)].to(self.device, non_blocking=True)
 
+    def sample_data(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` training examples drawn with replacement (a regularizer's extra batch, e.g. EPDM's S_0')."""
+        idx = torch.randint(0, len(self.x), (n,), generator=generator, device=generator.device)
+        return self.x[idx.to(self.x.device)].to(self.device, non_blocking=True)
+
     def lr_at(self, step: int) -> float:
         """Linear warm-up over ``warmup_steps``, then constant or a cosine decay to 0 at ``train.steps``."""
         tc = self.cfg.train
@@ -144,10 +149,12 @@ class Trainer:
             lr *= 0.5 * (1 + math.cos(math.pi * (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)))
         return lr
 
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """One optimizer step; returns the (process-averaged) loss, the gradient norm and the loss's parts."""
         tc = self.cfg.train
         self.denoiser.train()
-        loss = self.objective(self.denoiser, self.batch(self.step), self.generator).mean()
+        out = self.objective(self.denoiser, self.batch(self.step), self.generator)
+        loss, parts = (out.value, out.logs) if isinstance(out, Term) else (out.mean(), {})
         value = self.acc.reduce(loss.detach(), "mean")
         if not torch.isfinite(value):
             last = list_checkpoints(self.run_dir)
@@ -161,7 +168,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self._update_ema()
-        return value, grad_norm
+        return value, grad_norm, parts
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -194,22 +201,25 @@ class Trainer:
         bar = tqdm(total=tc.steps, initial=self.step, desc="training", unit="step",
                    disable=not (self.progress and main), dynamic_ncols=True)
         log = open(self.run_dir / "log.jsonl", "a") if main else None
-        losses, t0, s0 = [], time.perf_counter(), self.step
+        losses, parts, t0, s0 = [], {}, time.perf_counter(), self.step
         try:
             while self.step < tc.steps:
-                loss, grad_norm = self.train_step()
+                loss, grad_norm, step_parts = self.train_step()
                 losses.append(loss)
+                for k, v in step_parts.items():
+                    parts.setdefault(k, []).append(torch.as_tensor(v, dtype=torch.float64))
                 bar.update(1)
                 if self.step % tc.log_every == 0 or self.step == tc.steps:
                     now = time.perf_counter()
                     mean = torch.stack(losses).mean().item()
                     rec = {"step": self.step, "loss": mean, "lr": self.lr_at(self.step - 1),
-                           "grad_norm": float(grad_norm), "it_s": (self.step - s0) / (now - t0)}
+                           "grad_norm": float(grad_norm), "it_s": (self.step - s0) / (now - t0),
+                           **{k: torch.stack([x.cpu() for x in v]).mean().item() for k, v in parts.items()}}
                     bar.set_postfix(loss=f"{mean:.4f}")
                     if log:
                         log.write(json.dumps(rec) + "\n")
                         log.flush()
-                    losses, t0, s0 = [], now, self.step
+                    losses, parts, t0, s0 = [], {}, now, self.step
                 if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
                     self.save()
         finally:

@@ -1,4 +1,5 @@
-"""Training objectives: small callables ``loss(denoiser, x0, generator) -> per-sample loss``."""
+"""Training objectives: the denoising loss and regularizers, small callables over a denoiser."""
 from .denoising import DenoisingLoss
+from .objective import REGISTRY, Objective, Term
 
-__all__ = ["DenoisingLoss"]
+__all__ = ["REGISTRY", "DenoisingLoss", "Objective", "Term"]
