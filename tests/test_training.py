@@ -137,3 +137,11 @@ def test_two_process_cpu_run_resumes_bit_exactly(tmp_path, tiny_overrides):
     for part in ("model", "ema", "optimizer"):
         ta, tb = load_file(a / f"{part}.safetensors"), load_file(b / f"{part}.safetensors")
         assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_time_budget_stops_early_with_a_checkpoint_and_a_log_line(tmp_path, tiny_overrides):
+    t = _train(tiny_overrides + ["train.steps=100000", "train.time_budget=1.0", "train.checkpoint_every=100000"],
+               tmp_path)
+    assert 0 < t.step < 100000
+    assert list_checkpoints(tmp_path)[-1].name == f"step_{t.step:08d}"
+    assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["step"] == t.step

@@ -183,6 +183,20 @@ def cmd_measure(args) -> None:
     print(f"wrote {out}/propagation.csv, propagation.png, summary.json")
 
 
+def cmd_reproduce(args) -> None:
+    from .experiments import get_experiment, listing
+
+    if args.list or not args.name:
+        print(listing())
+        return
+    exp = get_experiment(args.name)
+    if args.scale not in exp.SCALES:
+        raise DiffpropError(f"{args.name}: scale {args.scale!r} is not available; allowed: {', '.join(exp.SCALES)}")
+    report = exp.run(Path(args.out or Path("runs") / "reproduce" / f"{args.name}-{args.scale}"), args.scale,
+                     args.seeds, progress=not args.quiet)
+    print(f"report: {report}")
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -287,10 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(fn=cmd_demo)
 
+    r = sub.add_parser("reproduce", help="reproduce a paper's table or figure (see --list)",
+                       description="Run one of the papers' experiments at a scale and write its table (CSV, "
+                       "Markdown), figures and report.md (the claim, what we measured, whether it reproduces).")
+    r.add_argument("name", nargs="?", help="experiment name (see --list)")
+    r.add_argument("--list", action="store_true", help="list the experiments with their estimated times")
+    r.add_argument("--scale", default="small", help="tiny (minutes, what the tests run) or small (about an hour)")
+    r.add_argument("--seeds", type=_positive(int), help="number of seeds (default: the scale's)")
+    r.add_argument("--out", help="output folder (default: runs/reproduce/NAME-SCALE)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(fn=cmd_reproduce)
+
     b = sub.add_parser("bench", help="performance benchmarks (JSON)",
                        description="Timings measured side by side in one run, written as JSON.")
     b.add_argument("name", help="train-overhead (trainer vs bare loop), mmd (chunked vs full-matrix MMD, "
-                   "memory), measure (full measure on digits, MMD share of the time)")
+                   "memory), measure (full measure on digits, MMD share of the time), regularizers (step time of each "
+                   "regularizer relative to vanilla)")
     b.add_argument("--out", help="also write the JSON here")
     b.set_defaults(fn=cmd_bench)
     return p

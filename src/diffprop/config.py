@@ -72,6 +72,8 @@ class TrainConfig:
     checkpoint_every: int = _f(1000, "steps between checkpoints", min=1)
     keep_last: int = _f(3, "checkpoints kept", min=1)
     log_every: int = _f(50, "steps between log.jsonl lines", min=1)
+    time_budget: float = _f(0.0, "stop after this many seconds of training (0: no limit; for equal-budget "
+                            "comparisons)", min=0.0)
 
 
 REGULARIZERS = ("epdm", "consistency", "input_perturbation", "fokker_planck")

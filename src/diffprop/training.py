@@ -26,7 +26,8 @@ from .losses import Objective, Term
 from .runs import build_denoiser, write_data_info
 
 # Settings that may change between a run and its resumption; anything else must match.
-RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.log_every", "train.keep_last"}
+RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.log_every", "train.keep_last",
+                     "train.time_budget"}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -195,6 +196,13 @@ class Trainer:
         self.acc.wait_for_everyone()
         return path
 
+    def _out_of_time(self, deadline: float) -> bool:
+        """Whether the time budget is spent; decided by the main process so that every rank stops together."""
+        if deadline == math.inf:
+            return False
+        flag = torch.tensor(float(time.perf_counter() >= deadline), device=self.device)
+        return bool(self.acc.reduce(flag, "max") > 0)
+
     def train(self) -> Path:
         tc = self.cfg.train
         main = self.acc.is_main_process
@@ -202,6 +210,7 @@ class Trainer:
                    disable=not (self.progress and main), dynamic_ncols=True)
         log = open(self.run_dir / "log.jsonl", "a") if main else None
         losses, parts, t0, s0 = [], {}, time.perf_counter(), self.step
+        deadline = t0 + tc.time_budget if tc.time_budget else math.inf
         try:
             while self.step < tc.steps:
                 loss, grad_norm, step_parts = self.train_step()
@@ -209,7 +218,8 @@ class Trainer:
                 for k, v in step_parts.items():
                     parts.setdefault(k, []).append(torch.as_tensor(v, dtype=torch.float64))
                 bar.update(1)
-                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                stop = self.step == tc.steps or self._out_of_time(deadline)  # equal wall-clock budgets
+                if self.step % tc.log_every == 0 or stop:
                     now = time.perf_counter()
                     mean = torch.stack(losses).mean().item()
                     rec = {"step": self.step, "loss": mean, "lr": self.lr_at(self.step - 1),
@@ -220,8 +230,10 @@ class Trainer:
                         log.write(json.dumps(rec) + "\n")
                         log.flush()
                     losses, parts, t0, s0 = [], {}, now, self.step
-                if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
+                if self.step % tc.checkpoint_every == 0 or stop:
                     self.save()
+                if stop:
+                    break
         finally:
             bar.close()
             if log:

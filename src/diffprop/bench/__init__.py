@@ -7,9 +7,11 @@ import torch
 
 from .measure_bench import measure_bench
 from .mmd_bench import mmd_bench
+from .regularizers import regularizers_bench
 from .train_overhead import train_overhead
 
-BENCHMARKS = {"train-overhead": train_overhead, "mmd": mmd_bench, "measure": measure_bench}
+BENCHMARKS = {"train-overhead": train_overhead, "mmd": mmd_bench, "measure": measure_bench,
+              "regularizers": regularizers_bench}
 
 
 def run_benchmark(name: str) -> dict:

@@ -1,0 +1,46 @@
+"""Time per training step with each regularizer, relative to the vanilla (denoising-only) step on the same
+model and batch, measured side by side: each round times every variant once, in turn."""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+
+from ..config import load_config
+from ..training import Trainer
+from .train_overhead import CASES, _sync
+
+ROUNDS, STEPS = 5, 5
+VARIANTS = {
+    "vanilla": [],
+    **{f"epdm L={L} grad={g}": ['objective.regularizers=["epdm"]', f"epdm.L={L}", f"epdm.grad={g}"]
+       for L in (1, 3, 5, 7, 10) for g in ("last", "all")},
+    "consistency": ['objective.regularizers=["consistency"]'],
+    "input_perturbation": ['objective.regularizers=["input_perturbation"]'],
+    "fokker_planck": ['objective.regularizers=["fokker_planck"]'],
+}
+
+
+def regularizers_bench() -> dict:
+    cases = []
+    for case, overrides in CASES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            trainers = {name: Trainer(load_config(None, overrides + extra + [f"train.steps={10**9}"]),
+                                      f"{tmp}/{i}", progress=False)
+                        for i, (name, extra) in enumerate(VARIANTS.items())}
+            times = {name: [] for name in trainers}
+            for t in trainers.values():  # warm-up
+                t.train_step()
+            for _ in range(ROUNDS):
+                for name, t in trainers.items():
+                    _sync(t.device)
+                    t0 = time.perf_counter()
+                    for _ in range(STEPS):
+                        t.train_step()
+                    _sync(t.device)
+                    times[name].append((time.perf_counter() - t0) / STEPS)
+        base = statistics.median(times["vanilla"])
+        cases.append({"case": case, "vanilla_ms": round(base * 1e3, 2),
+                      "relative": {n: round(statistics.median(v) / base, 2) for n, v in times.items()}})
+    return {"rounds": ROUNDS, "steps_per_round": STEPS, "targets": {"epdm L=5 grad=last": 2.0, "consistency": 1.5},
+            "cases": cases}

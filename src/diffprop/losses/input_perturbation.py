@@ -1,0 +1,44 @@
+"""ADM-IP: input perturbation against exposure bias (Ning et al. 2023, "Input Perturbation Reduces
+Exposure Bias in Diffusion Models", Eq. 9; the public code is forever208/DDPM-IP).
+
+The network is trained on ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) (eps + gamma xi)`` with the
+target built from ``eps`` alone (not ``eps + gamma xi``), so it learns to undo a small extra error
+in its input, like the one it meets along its own sampling chain. Sampling is unchanged.
+
+As a term of :class:`~diffprop.losses.Objective` it is added to the plain denoising loss. ADM-IP as
+published *replaces* that loss: set ``objective.lambda_nl = 0`` with
+``objective.regularizers = ["input_perturbation"]`` (and ``input_perturbation.weight = 1``).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..denoisers import training_target
+from ..process import q_sample
+from .objective import Term
+
+
+class InputPerturbation:
+    """``|| net(x_t^IP, t) - target(x_0, eps) ||^2`` with ``t ~ U{1..T}`` (Ning et al. 2023, Eq. 9).
+
+    Draws ``t`` and ``eps`` exactly as :class:`~diffprop.losses.DenoisingLoss` does and then ``xi``,
+    so that with ``gamma = 0`` it reproduces the denoising loss on the same generator state.
+    Works for any parameterization: the target is ``training_target(..., eps)``.
+    """
+
+    def __init__(self, gamma: float = 0.1, weight: float = 1.0):
+        self.gamma, self.weight = float(gamma), float(weight)
+
+    @classmethod
+    def from_config(cls, cfg, sample_data=None) -> "InputPerturbation":
+        c = cfg.input_perturbation
+        return cls(gamma=c.gamma, weight=c.weight)
+
+    def __call__(self, denoiser, x0: torch.Tensor, generator: torch.Generator) -> Term:
+        schedule = denoiser.schedule
+        t = torch.randint(1, schedule.T + 1, (x0.shape[0],), generator=generator, device=x0.device)
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        xi = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = q_sample(schedule, x0, t, eps + self.gamma * xi)  # Ning et al. Eq. 9: perturbed input
+        target = training_target(denoiser.parameterization, schedule, x0, t, eps)  # ... clean target
+        return Term((denoiser.raw(x_t, t) - target).pow(2).mean(), {})
