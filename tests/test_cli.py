@@ -167,3 +167,14 @@ def test_train_refuses_to_overwrite_a_run(trained, tmp_path, capsys):
     cfg = tmp_path / "tiny.toml"
     code, _, err = run(["train", cfg, "--out", trained, "--quiet", *_sets(TINY)], capsys)
     assert code == 2 and "already holds a run; use --resume latest" in err
+
+
+def test_measure_a_trained_run(trained, capsys):
+    code, out, err = run(["measure", trained, "--num", 64, "--grid", "1,50,100", "--kernels", "rbf,imq",
+                          "--permutations", 10, "--quiet"], capsys)
+    assert code == 0, err
+    rows = (trained / "measure" / "propagation.csv").read_text().splitlines()
+    assert rows[0].startswith("t,kernel,cumulative,modular,amplification") and "cumulative_kl" in rows[0]
+    assert len(rows) == 1 + 2 * 3  # header + kernels x grid
+    assert (trained / "measure" / "reference.csv").is_file()  # the exact oracle's curve, for gmm-grid data
+    assert "points above the floor" in out
