@@ -69,9 +69,12 @@ def test_modular_kl_single_gaussian_closed_form(t, var_type, eps_bias):
     (x_{t-1} ~ N(sqrt(abar_{t-1}) m, v_{t-1} I), x_t|x_{t-1} ~ N(sqrt(alpha_t) x_{t-1}, beta_t I)); p_theta's
     mean from 000 Eq. 4. KL between two isotropic Gaussians is analytic. A two-component mixture with both
     components equal is the same distribution."""
-    if t == 1 and var_type == "beta_tilde":
-        pytest.skip("beta_tilde_1 = 0")
     m, s = torch.tensor([[0.5, -1.0, 2.0]]), 0.3
+    if t == 1 and var_type == "beta_tilde":  # beta_tilde_1 = 0: p_theta is a point mass, the KL is undefined
+        oracle = OracleDenoiser(GaussianMixture(m, torch.tensor([s]), torch.tensor([1.0])), SCHED)
+        with pytest.raises(DiffpropError, match="beta_tilde"):
+            modular_kl(oracle, oracle, 1, torch.zeros(2, 3, dtype=torch.float64), "beta_tilde")
+        return
     single = GaussianMixture(m, torch.tensor([s]), torch.tensor([1.0]))
     double = GaussianMixture(m.repeat(2, 1), torch.tensor([s, s]), torch.tensor([0.3, 0.7]))
     den = OracleDenoiser(single, SCHED, eps_bias=eps_bias)
