@@ -58,3 +58,12 @@ def test_config_is_data_never_code(tmp_path):
     (tmp_path / "c.toml").write_text('[data]\nname = "__import__(\'os\').system(\'touch pwned\')"\n')
     with pytest.raises(DiffpropError, match="is not a dataset"):
         config_from_dict(load_config.__globals__["read_toml"](tmp_path / "c.toml"))
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+    assert len(files) >= 4
+    for f in files:
+        load_config(f)
