@@ -41,4 +41,4 @@ class InputPerturbation:
         xi = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = q_sample(schedule, x0, t, eps + self.gamma * xi)  # Ning et al. Eq. 9: perturbed input
         target = training_target(denoiser.parameterization, schedule, x0, t, eps)  # ... clean target
-        return Term((denoiser.raw(x_t, t) - target).pow(2).mean(), {})
+        return Term((denoiser.raw(x_t, t) - target).pow(2).flatten(1).mean(1).mean(), {})
