@@ -281,3 +281,14 @@ def test_train_with_each_baseline_from_the_cli(name, tmp_path, capsys):
     rows = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [25, 50, 75, 100]
     assert all(math.isfinite(r[name]) and math.isfinite(r["loss"]) for r in rows)
+
+
+def test_fokker_planck_differentiates_through_an_attention_unet():
+    """The FP residual needs second derivatives; the U-Net's attention must use a kernel that has them."""
+    cfg = load_config(None, ["data.name=digits", "model.kind=unet", "model.preset=tiny", "diffusion.T=50",
+                             'objective.regularizers=["fokker_planck"]', "fokker_planck.divergence=hutchinson"])
+    den = build_denoiser(cfg, (1, 8, 8))
+    obj = Objective.from_config(cfg)
+    out = obj(den, torch.rand(4, 1, 8, 8) * 2 - 1, torch.Generator().manual_seed(0))
+    out.value.backward()
+    assert torch.isfinite(out.value) and all(p.grad is not None for p in den.parameters())

@@ -41,6 +41,7 @@ finer (same continuous beta), the signature of the O(dt^2) stencil error.
 from __future__ import annotations
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import DiffpropError
 from ..process import q_sample
@@ -82,7 +83,8 @@ class FokkerPlanck:
         if T < 2:
             raise DiffpropError("fokker_planck needs diffusion.T >= 2 (a finite difference in t)")
         t_lo, t_hi = (t - self.dt).clamp(min=1), (t + self.dt).clamp(max=T)
-        with torch.enable_grad():
+        # second derivatives through attention: the math SDPA kernel has them, the fused CPU/GPU ones do not
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
             x = x.detach().reshape(B, -1).requires_grad_(True)
             D = x.shape[1]
             method = self.divergence if self.divergence != "auto" else (
