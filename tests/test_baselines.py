@@ -292,3 +292,15 @@ def test_fokker_planck_differentiates_through_an_attention_unet():
     out = obj(den, torch.rand(4, 1, 8, 8) * 2 - 1, torch.Generator().manual_seed(0))
     out.value.backward()
     assert torch.isfinite(out.value) and all(p.grad is not None for p in den.parameters())
+
+
+def test_pure_adm_ip_does_not_compute_the_unused_denoising_loss():
+    cfg = load_config(None, SMALL_MLP + ["objective.lambda_nl=0", 'objective.regularizers=["input_perturbation"]',
+                                         "input_perturbation.gamma=0"])
+    den = build_denoiser(cfg, (2,))
+    x0 = MIX.sample(32, torch.Generator().manual_seed(0)).float()
+    out = Objective.from_config(cfg)(den, x0, torch.Generator().manual_seed(1))
+    assert "denoising" not in out.logs
+    # with gamma = 0, ADM-IP on the same generator state is exactly the plain denoising loss
+    plain = DenoisingLoss()(den, x0, torch.Generator().manual_seed(1)).mean()
+    torch.testing.assert_close(out.value, plain)

@@ -48,8 +48,10 @@ class Objective:
         return cls(cfg.objective.lambda_nl, regs)
 
     def __call__(self, denoiser, x0: torch.Tensor, generator: torch.Generator) -> Term:
-        nl = self.denoising(denoiser, x0, generator).mean()
-        total, logs = self.lambda_nl * nl, {"denoising": nl.detach()}
+        total, logs = x0.new_zeros(()), {}
+        if self.lambda_nl or not self.regularizers:  # lambda_nl = 0 (pure ADM-IP, say): skip the unused loss
+            nl = self.denoising(denoiser, x0, generator).mean()
+            total, logs = self.lambda_nl * nl, {"denoising": nl.detach()}
         for name, (weight, reg) in self.regularizers.items():
             term = reg(denoiser, x0, generator)
             total = total + weight * term.value
