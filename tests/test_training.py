@@ -121,8 +121,15 @@ def test_two_process_cpu_run_resumes_bit_exactly(tmp_path, tiny_overrides):
     cfg.write_text("[train]\ndevice = \"cpu\"\n")
     sets = [x for o in tiny_overrides + ["train.steps=20"] for x in ("--set", o)]
 
+    def free_port() -> int:  # a fresh port per launch: the last run's may still be in TIME_WAIT
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
     def launch(out, *extra):
-        cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+        cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()),
                "-m", "diffprop.cli", "train", str(cfg), "--out", str(out), "--quiet", *sets, *extra]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert p.returncode == 0, [ln for ln in (p.stdout + p.stderr).splitlines() if "diffprop" in ln or "Error" in ln]

@@ -84,6 +84,7 @@ class Trainer:
             self._restore(ckpt)
         self.denoiser.net, self.optimizer = self.acc.prepare(self.net, self.optimizer)
         self.acc.wait_for_everyone()  # every rank has read the run folder before the main process rewrites it
+        self._params = list(self.net.parameters())
         live = self.net.state_dict()
         self._ema_pairs = [(self.ema[k], live[k]) for k in self.ema if live[k].is_floating_point()]
         self._ema_copies = [(self.ema[k], live[k]) for k in self.ema if not live[k].is_floating_point()]
@@ -153,19 +154,27 @@ class Trainer:
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """One optimizer step; returns the (process-averaged) loss, the gradient norm and the loss's parts."""
         tc = self.cfg.train
-        self.denoiser.train()
+        if not self.denoiser.training:  # (a recursive walk over every module: not on every step)
+            self.denoiser.train()
         out = self.objective(self.denoiser, self.batch(self.step), self.generator)
         loss, parts = (out.value, out.logs) if isinstance(out, Term) else (out.mean(), {})
-        value = self.acc.reduce(loss.detach(), "mean")
+        value = self.acc.reduce(loss.detach(), "mean") if self.world > 1 else loss.detach()
         if not torch.isfinite(value):
             last = list_checkpoints(self.run_dir)
             raise DiffpropError(f"training stopped: the loss is {value.item()} at step {self.step + 1}; the weights "
                                 f"were not updated; last good checkpoint: {last[-1] if last else 'none'}")
-        self.acc.backward(loss)
-        grad_norm = self.acc.clip_grad_norm_(self.net.parameters(), tc.grad_clip or math.inf)
+        scaled = self.acc.scaler is not None  # fp16: accelerate scales the loss and unscales before clipping
+        if scaled:
+            self.acc.backward(loss)
+            self.acc.unscale_gradients()
+        else:
+            loss.backward()
+        # torch's own clipping: accelerate's wrapper re-checks optional imports on every call
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, tc.grad_clip or math.inf, foreach=True)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
-        self.optimizer.step()
+        # accelerate's optimizer wrapper only matters with a grad scaler; otherwise step the optimizer itself
+        (self.optimizer if scaled else self.optimizer.optimizer).step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self._update_ema()
