@@ -216,6 +216,18 @@ def cmd_bench(args) -> None:
     print(text)
 
 
+def _add_model_source(p: argparse.ArgumentParser, dataset_help: str) -> None:
+    """The model a command reads (exactly one of: a run folder, --oracle, --diffusers) and where it runs."""
+    p.add_argument("run_dir", nargs="?", help="run folder written by `diffprop train`")
+    p.add_argument("--oracle", metavar="DATASET", help="the exact denoiser of a Gaussian-mixture dataset")
+    p.add_argument("--eps-scale", type=float, default=1.0, help="oracle: multiply its noise prediction by C")
+    p.add_argument("--eps-bias", type=float, default=0.0, help="oracle: add B to every coordinate of it")
+    p.add_argument("--diffusers", metavar="DIR", help="a local diffusers UNet2DModel + DDPMScheduler folder")
+    p.add_argument("--dataset", help=dataset_help)
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (``diffprop: error: ...``) and exit status 2."""
 
@@ -241,20 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a trained run or an exact oracle",
                        description="Draw samples into an .npz (`samples`, `meta`) plus a picture of them.")
-    s.add_argument("run_dir", nargs="?", help="run folder written by `diffprop train`")
-    s.add_argument("--oracle", metavar="DATASET", help="use the exact denoiser of a Gaussian-mixture dataset")
-    s.add_argument("--eps-scale", type=float, default=1.0, help="oracle: multiply its noise prediction by C")
-    s.add_argument("--eps-bias", type=float, default=0.0, help="oracle: add B to every coordinate of it")
+    _add_model_source(s, "with --diffusers: the data it was trained on (sets the sample shape)")
     s.add_argument("--sampler", choices=("ddpm", "ddim"), help="default: the run's sample.sampler")
     s.add_argument("--steps", type=_positive(int), help="sampling steps (default: T for ddpm, 50 for ddim)")
     s.add_argument("--eta", type=float, help="DDIM stochasticity (0: deterministic)")
     s.add_argument("--num", type=_positive(int), help="number of samples (default: the run's sample.num)")
     s.add_argument("--batch-size", type=_positive(int), help="sampling batch size")
     s.add_argument("--seed", type=int, default=0, help="seed of x_T and all sampling noise")
-    s.add_argument("--diffusers", metavar="DIR", help="a local diffusers UNet2DModel + DDPMScheduler folder")
-    s.add_argument("--dataset", help="with --diffusers: the data it was trained on (sets the sample shape)")
-    s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     s.add_argument("--out", help="output .npz (default: RUN_DIR/samples/SAMPLER-STEPS-seedS.npz)")
     s.set_defaults(fn=cmd_sample)
 
@@ -270,12 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Cumulative, modular and bootstrapped MMD errors along the sampling chain, "
                        "the amplification factor (000 Eq. 6) and a permutation noise floor, per kernel. Writes "
                        "propagation.csv, propagation.png and summary.json.")
-    m.add_argument("run_dir", nargs="?", help="run folder written by `diffprop train`")
-    m.add_argument("--oracle", metavar="DATASET", help="measure the exact denoiser of a Gaussian-mixture dataset")
-    m.add_argument("--eps-scale", type=float, default=1.0, help="oracle: multiply its noise prediction by C")
-    m.add_argument("--eps-bias", type=float, default=0.0, help="oracle: add B to every coordinate of it")
-    m.add_argument("--diffusers", metavar="DIR", help="a local diffusers UNet2DModel + DDPMScheduler folder")
-    m.add_argument("--dataset", help="data to compare with (default: the run's; required with --diffusers)")
+    _add_model_source(m, "the data to compare with (default: the run's; required with --diffusers)")
     m.add_argument("--num", type=_positive(int), default=1000, help="N = M samples per side (default 1000)")
     m.add_argument("--grid", default="20", help="number of timesteps measured (log-spaced), or a comma list "
                    "of timesteps in 1..T (default 20)")
@@ -287,8 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeat with fresh seeds; columns become means, *_std columns their spread")
     m.add_argument("--batch-size", type=_positive(int), help="sampling batch size")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     m.add_argument("--out", help="output folder (default: RUN_DIR/measure or runs/measure)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.set_defaults(fn=cmd_measure)
