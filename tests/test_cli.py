@@ -101,6 +101,7 @@ def test_demo_quick(tmp_path, capsys):
     assert code == 0, err
     report = (tmp_path / "demo/report.md").read_text()
     assert "| oracle |" in report and "| ddpm |" in report and "samples.png" in report
+    assert "Thm 3.1 (E_t^cumu >= E_t+1^cumu + E_t^mod" in report  # the report states whether it held
     metrics = json.loads((tmp_path / "demo/metrics.json").read_text())["metrics"]
     assert metrics["oracle"]["high_quality_fraction"] > 0.95 and metrics["oracle"]["mode_coverage"] == 1.0
     assert (tmp_path / "demo/samples.png").is_file() and (tmp_path / "demo/ddpm/loss.png").is_file()
@@ -177,4 +178,4 @@ def test_measure_a_trained_run(trained, capsys):
     assert rows[0].startswith("t,kernel,cumulative,modular,amplification") and "cumulative_kl" in rows[0]
     assert len(rows) == 1 + 2 * 3  # header + kernels x grid
     assert (trained / "measure" / "reference.csv").is_file()  # the exact oracle's curve, for gmm-grid data
-    assert "points above the floor" in out
+    assert "points above the floor" in out and "exact KL: Thm 3.1 held at" in out

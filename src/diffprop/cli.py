@@ -180,6 +180,10 @@ def cmd_measure(args) -> None:
     for k, v in summary["kernels"].items():
         print(f"{k:>10}: cumulative {v['cumulative_tT']:.3g} at t=T -> {v['cumulative_t1']:.3g} at t=1 "
               f"(floor {v['floor_t1']:.2g}); {v['points_above_floor']}/{v['points']} points above the floor")
+        if "theorem_3_1_holds" in v:
+            print(f"{'':>12}exact KL: Thm 3.1 held at {v['theorem_3_1_holds']}/{v['points']} points (tolerance "
+                  f"{v['kl_tolerance']} nats); Prop. 4.1 lower bound at {v['prop_4_1_lower_holds']}, upper at "
+                  f"{v['prop_4_1_upper_holds']}")
     print(f"wrote {out}/propagation.csv, propagation.png, summary.json")
 
 
