@@ -34,8 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DiffpropError
-from ..process import p_step, q_sample
-from ..samplers import sample
+from ..process import q_sample
+from ..samplers import ddpm_step, sample
 from .exact import cumulative_kl, modular_kl
 from .mmd import mmd, mmd_test
 
@@ -100,12 +100,9 @@ def _rms(x: torch.Tensor) -> float:
 
 
 def _model_steps(denoiser, x, t_from: int, t_to: int, generator, var_type: str) -> torch.Tensor:
-    """Ancestral steps ``x_{t_from} -> x_{t_to}`` (000 Eq. 2, 4), the same steps the DDPM sampler takes."""
-    abar = denoiser.schedule.alpha_bars.to(x.device, x.dtype)
+    """Ancestral steps ``x_{t_from} -> x_{t_to}``, the same steps the DDPM sampler takes."""
     for t in range(t_from, t_to, -1):
-        x0 = denoiser.predict(x, torch.tensor(t, device=x.device)).x0
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if t > 1 else None
-        x = p_step(x, x0, abar[t], abar[t - 1], noise, var_type)
+        x = ddpm_step(denoiser, x, t, t - 1, generator, var_type)
     return x
 
 

@@ -3,7 +3,7 @@
 Per call, one pair of timesteps (an MMD compares *sets*, so the whole batch shares it):
 ``t ~ U{1..T-1}``, ``s ~ U{t+1..min(t+L, T)}``; a warm start ``x_s = q_sample(x_0', s)`` on the warm-start
 examples ``S_0'`` (000 Eq. 16; ``init="random"``: ``x_s ~ N(0, I)``, the Table 2 ablation); ``s - t``
-reparameterised model steps ``x_u -> x_{u-1}`` (000 Eq. 17, via :func:`~diffprop.process.p_step`, sigma_t^2 from
+reparameterised model steps ``x_u -> x_{u-1}`` (000 Eq. 17, via :func:`~diffprop.samplers.ddpm_step`, sigma_t^2 from
 ``diffusion.var_type``) down to ``x~_t``; forward targets ``x_t^forw = q_sample(x_0, t)`` on the batch ``S_0``;
 ``L_t^reg = MMD^2(x~_t, x_t^forw)`` (000 Eq. 13) and the returned value ``w_t L_t^reg``. The objective multiplies it
 by ``weight`` (lambda_reg) and adds ``objective.lambda_nl`` times the denoising loss.
@@ -65,7 +65,8 @@ import torch
 from ..diagnostics.mmd import BANDWIDTH_RULES, ESTIMATORS, mean_bandwidth, median_bandwidth, mmd
 from ..diagnostics.propagation import parse_kernel
 from ..errors import DiffpropError
-from ..process import VAR_TYPES, p_step, q_sample
+from ..process import VAR_TYPES, q_sample
+from ..samplers import ddpm_step
 from .objective import Term
 
 PRESETS = {
@@ -173,10 +174,7 @@ class EPDM:
         for u in range(s, t, -1):  # x~_u -> x~_{u-1}, 000 Eq. 17
             frozen = self.grad == "last" and u > t + 1
             with torch.no_grad() if frozen else contextlib.nullcontext():
-                x0_hat = denoiser.predict(x, torch.tensor(u, device=x.device)).x0
-                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x = p_step(x, x0_hat, sched.gather("alpha_bars", u, x), sched.gather("alpha_bars", u - 1, x),
-                           noise, self.var_type)
+                x = ddpm_step(denoiser, x, u, u - 1, generator, self.var_type)  # u - 1 >= t >= 1: noise added
         eps = torch.randn(x0_target.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_forw = q_sample(sched, x0_target, t, eps).to(x.dtype)  # x_t^forw, 000 Eq. 1
 

@@ -8,7 +8,7 @@ import torch
 from ..errors import DiffpropError
 from .base import SamplerOutput
 from .ddim import ddim
-from .ddpm import ddpm
+from .ddpm import ddpm, ddpm_step
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim}
 
@@ -42,4 +42,4 @@ def sample(denoiser, num: int, shape: tuple[int, ...], *, sampler: str = "ddpm",
     return SamplerOutput(torch.cat(xs), {t: torch.cat(v) for t, v in states.items()})
 
 
-__all__ = ["SAMPLERS", "SamplerOutput", "ddim", "ddpm", "get_sampler", "sample"]
+__all__ = ["SAMPLERS", "SamplerOutput", "ddim", "ddpm", "ddpm_step", "get_sampler", "sample"]
