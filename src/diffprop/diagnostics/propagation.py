@@ -153,10 +153,14 @@ def propagation_once(denoiser, data: torch.Tensor, *, num: int = 1000, grid: lis
     back = sample(denoiser, num, shape, sampler="ddpm", seed=seed, device=device, batch_size=batch_size,
                   record=wanted, progress=progress and "full chains", var_type=var_type).states
 
-    def forward(t: int) -> torch.Tensor:
+    def draw(t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_0, x_t)``: data and a forward sample of ``q(x_t)`` from it (000 Eq. 1)."""
         x0 = data[torch.randint(0, len(data), (num,), generator=torch.Generator().manual_seed(seed * 7919 + t))]
         x0 = x0.to(device)
-        return q_sample(denoiser.schedule, x0, torch.tensor(t), torch.randn(x0.shape, generator=g, device=device))
+        return x0, q_sample(denoiser.schedule, x0, torch.tensor(t), torch.randn(x0.shape, generator=g, device=device))
+
+    def forward(t: int) -> torch.Tensor:
+        return draw(t)[1]
 
     cache: dict = {}
 
@@ -170,24 +174,21 @@ def propagation_once(denoiser, data: torch.Tensor, *, num: int = 1000, grid: lis
     out = Propagation()
     for t in tqdm(grid[::-1], desc="measuring t", disable=not progress, leave=False):
         target = forward(t - 1)  # q(x_{t-1}), independent of the chains' inputs below
-        one_step = _model_steps(denoiser, forward(t), t, t - 1, g, var_type)
+        x0_t, x_t = draw(t)  # exact input of module t: for the modular error, delta and the eps norm
+        one_step = _model_steps(denoiser, x_t, t, t - 1, g, var_type)
         s = min(t - 1 + bootstrap_steps, T)
         boot = _model_steps(denoiser, forward(s), s, t - 1, g, var_type)
         extra = {}
         if oracle is not None:
             e_cumu, e_next = cumulative_kl(back[t - 1], oracle, t - 1), cumulative_kl(back[t], oracle, t)
             floor_cumu = cumulative_kl(forward(t - 1), oracle, t - 1)
-            floor_next = cumulative_kl(forward(t), oracle, t)
+            floor_next = cumulative_kl(x_t, oracle, t)
             e_mod = float(modular_kl(denoiser, oracle, t, back[t], var_type, generator=g).mean())
             extra = {"cumulative_kl": e_cumu, "modular_kl": e_mod, "cumulative_kl_next": e_next,
                      "kl_floor": floor_cumu, "kl_floor_next": floor_next,
                      "propagation_slack": (e_cumu - floor_cumu) - (e_next - floor_next) - e_mod}  # 000 Thm 3.1
-        x0 = data[torch.randint(0, len(data), (num,), generator=torch.Generator().manual_seed(seed + 31 * t))]
-        x0 = x0.to(device)
-        x_t = q_sample(denoiser.schedule, x0, torch.tensor(t), torch.randn(x0.shape, generator=g, device=device))
         abar_prev = denoiser.schedule.alpha_bars[t - 1].item()
-        resid = _model_steps(denoiser, x_t, t, t - 1, g, var_type) - abar_prev**0.5 * x0
-        std = float(resid.double().flatten(1).std(0).mean())
+        std = float((one_step - abar_prev**0.5 * x0_t).double().flatten(1).std(0).mean())
         tt = torch.tensor(t, device=device)
         extra.update(delta=(std - (1 - abar_prev) ** 0.5) ** 2,  # Ning et al. 2023
                      eps_norm_chain=_rms(denoiser.predict(back[t], tt).eps),
