@@ -178,4 +178,4 @@ def test_measure_a_trained_run(trained, capsys):
     assert rows[0].startswith("t,kernel,cumulative,modular,amplification") and "cumulative_kl" in rows[0]
     assert len(rows) == 1 + 2 * 3  # header + kernels x grid
     assert (trained / "measure" / "reference.csv").is_file()  # the exact oracle's curve, for gmm-grid data
-    assert "points above the floor" in out and "exact KL: Thm 3.1 held at" in out
+    assert "points above the floor" in out and "exact KL: Thm 3.1 (E_t^cumu >= E_t+1^cumu + E_t^mod" in out

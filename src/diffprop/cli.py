@@ -150,7 +150,7 @@ def cmd_evaluate(args) -> None:
 
 def cmd_measure(args) -> None:
     from .data import load_dataset
-    from .measure import run_measure
+    from .measure import describe_checks, run_measure
     from .oracle import OracleDenoiser
 
     denoiser, cfg, info, meta, device = _denoiser_for(args)
@@ -180,10 +180,8 @@ def cmd_measure(args) -> None:
     for k, v in summary["kernels"].items():
         print(f"{k:>10}: cumulative {v['cumulative_tT']:.3g} at t=T -> {v['cumulative_t1']:.3g} at t=1 "
               f"(floor {v['floor_t1']:.2g}); {v['points_above_floor']}/{v['points']} points above the floor")
-        if "theorem_3_1_holds" in v:
-            print(f"{'':>12}exact KL: Thm 3.1 held at {v['theorem_3_1_holds']}/{v['points']} points (tolerance "
-                  f"{v['kl_tolerance']} nats); Prop. 4.1 lower bound at {v['prop_4_1_lower_holds']}, upper at "
-                  f"{v['prop_4_1_upper_holds']}")
+        if describe_checks(v):
+            print(f"{'':>12}exact KL: {describe_checks(v)}")
     print(f"wrote {out}/propagation.csv, propagation.png, summary.json")
 
 

@@ -50,6 +50,15 @@ def summarize(result: Propagation) -> dict:
     return out
 
 
+def describe_checks(v: dict) -> str | None:
+    """One kernel's exact-KL check counts from :func:`summarize` as a sentence (None without exact errors)."""
+    if "theorem_3_1_holds" not in v:
+        return None
+    return (f"Thm 3.1 (E_t^cumu >= E_t+1^cumu + E_t^mod, within {v['kl_tolerance']} nats) held at "
+            f"{v['theorem_3_1_holds']}/{v['points']} grid points; Prop. 4.1 lower bound (D/4 <= E) at "
+            f"{v['prop_4_1_lower_holds']}/{v['points']}, upper bound (E <= D) at {v['prop_4_1_upper_holds']}/{v['points']}")
+
+
 def run_measure(denoiser, data, out: Path, meta: dict, *, reference=None, progress: bool = True,
                 **options) -> dict:
     """Measure ``denoiser`` (and ``reference``, e.g. the exact oracle, with the same settings) into ``out``."""
