@@ -1,9 +1,12 @@
 """Shared fixtures. Tests run in parallel workers on few cores: one BLAS/OpenMP thread each, or
 threads of different workers spin against each other and everything slows down a hundredfold."""
 import os
+import tempfile
 
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# the run cache (the digits classifier of `evaluate`) stays out of the user's ~/.cache; shared by xdist workers
+os.environ.setdefault("DIFFPROP_CACHE", os.path.join(tempfile.gettempdir(), f"diffprop-test-cache-{os.getuid()}"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

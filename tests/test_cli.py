@@ -100,11 +100,19 @@ def test_demo_quick(tmp_path, capsys):
     code, out, err = run(["demo", "--quick", "--out", tmp_path / "demo", "--quiet"], capsys)
     assert code == 0, err
     report = (tmp_path / "demo/report.md").read_text()
-    assert "| oracle |" in report and "| ddpm |" in report and "samples.png" in report
+    for row in ("| oracle |", "| ddpm |", "| epdm |", "| ddpm | rbf@0.1 |", "| epdm | rbf@0.1 |"):
+        assert row in report
     assert "Thm 3.1 (E_t^cumu >= E_t+1^cumu + E_t^mod" in report  # the report states whether it held
-    metrics = json.loads((tmp_path / "demo/metrics.json").read_text())["metrics"]
+    summary = json.loads((tmp_path / "demo/metrics.json").read_text())
+    metrics = summary["metrics"]
     assert metrics["oracle"]["high_quality_fraction"] > 0.95 and metrics["oracle"]["mode_coverage"] == 1.0
-    assert (tmp_path / "demo/samples.png").is_file() and (tmp_path / "demo/ddpm/loss.png").is_file()
+    assert summary["configs"]["epdm"]["objective"]["regularizers"] == ["epdm"]
+    assert summary["configs"]["ddpm"]["objective"]["regularizers"] == []
+    # the EPDM run really trained with the regularizer: its log has the MMD term
+    log = [json.loads(line) for line in (tmp_path / "demo/epdm/log.jsonl").read_text().splitlines()]
+    assert all("epdm.mmd" in rec for rec in log), log[0].keys()
+    for f in ("samples.png", "propagation.png", "ddpm/loss.png", "epdm/loss.png", "measure/epdm/summary.json"):
+        assert (tmp_path / "demo" / f).is_file(), f
 
 
 @pytest.mark.parametrize("argv, message", [

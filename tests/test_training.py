@@ -1,5 +1,6 @@
 """The trainer: bit-exact resume, checkpoints (atomic, keep-last-K, safetensors only), NaN stop, logs."""
 import json
+import math
 
 import pytest
 import torch
@@ -109,8 +110,10 @@ def test_every_example_is_seen_once_per_epoch(tmp_path, tiny_overrides):
     assert not torch.equal(t.batch(0), t.batch(per_epoch))  # a new permutation next epoch
 
 
-def test_two_process_cpu_run_resumes_bit_exactly(tmp_path, tiny_overrides):
-    """Data-parallel training on 2 CPU processes (gloo, launched by torchrun); resume with the same world size."""
+@pytest.mark.parametrize("objective", [[], ['objective.regularizers=["epdm", "consistency"]']], ids=["plain", "regularized"])
+def test_two_process_cpu_run_resumes_bit_exactly(tmp_path, tiny_overrides, objective):
+    """Data-parallel training on 2 CPU processes (gloo, launched by torchrun); resume with the same world size.
+    Regularizers compute their terms on each rank's share of the batch, like the denoising loss."""
     import os
     import shutil
     import subprocess
@@ -119,7 +122,7 @@ def test_two_process_cpu_run_resumes_bit_exactly(tmp_path, tiny_overrides):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     cfg = tmp_path / "c.toml"
     cfg.write_text("[train]\ndevice = \"cpu\"\n")
-    sets = [x for o in tiny_overrides + ["train.steps=20"] for x in ("--set", o)]
+    sets = [x for o in tiny_overrides + ["train.steps=20"] + objective for x in ("--set", o)]
 
     def free_port() -> int:  # a fresh port per launch: the last run's may still be in TIME_WAIT
         import socket
@@ -144,6 +147,9 @@ def test_two_process_cpu_run_resumes_bit_exactly(tmp_path, tiny_overrides):
     for part in ("model", "ema", "optimizer"):
         ta, tb = load_file(a / f"{part}.safetensors"), load_file(b / f"{part}.safetensors")
         assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    if objective:
+        log = [json.loads(line) for line in (tmp_path / "one/log.jsonl").read_text().splitlines()]
+        assert all(math.isfinite(rec["epdm.mmd"]) and math.isfinite(rec["consistency"]) for rec in log)
 
 
 def test_time_budget_stops_early_with_a_checkpoint_and_a_log_line(tmp_path, tiny_overrides):

@@ -62,21 +62,27 @@ def describe_checks(v: dict) -> str | None:
 def run_measure(denoiser, data, out: Path, meta: dict, *, reference=None, progress: bool = True,
                 **options) -> dict:
     """Measure ``denoiser`` (and ``reference``, e.g. the exact oracle, with the same settings) into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = propagation(denoiser, data, progress=progress, **options)
     seconds = time.perf_counter() - t0
-    write_csv(result, out / "propagation.csv")
     ref = None
     if reference is not None:
         ref = propagation(reference, data, progress=progress, **{**options, "oracle": None})
-        write_csv(ref, out / "reference.csv")
-    plot_propagation(result, out / "propagation.png", reference=ref, title=meta.get("model", ""))
-    clean = {k: v for k, v in options.items() if k != "oracle"}
+    return write_measure(result, out, {**meta, "seconds": round(seconds, 1)}, reference=ref, settings=options)
+
+
+def write_measure(result: Propagation, out: Path, meta: dict, *, reference: Propagation | None = None,
+                  settings: dict | None = None) -> dict:
+    """Write ``propagation.csv``, ``reference.csv``, ``propagation.png`` and ``summary.json`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(result, out / "propagation.csv")
+    if reference is not None:
+        write_csv(reference, out / "reference.csv")
+    plot_propagation(result, out / "propagation.png", reference=reference, title=meta.get("model", ""))
+    clean = {k: v for k, v in (settings or {}).items() if k not in ("oracle", "progress")}
     summary = {**meta, "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in clean.items()},
-               "seconds": round(seconds, 1), "kernels": summarize(result),
-               "reference": summarize(ref) if ref is not None else None}
+               "kernels": summarize(result), "reference": summarize(reference) if reference is not None else None}
     text = json.dumps(summary, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
     (out / "summary.json").write_text(text)
     return summary

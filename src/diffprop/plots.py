@@ -94,3 +94,28 @@ def plot_propagation(result, out: str | Path, reference=None, title: str = "") -
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, out)
+
+
+def plot_cumulative(curves: dict[str, dict], out: str | Path, reference=None, title: str = "") -> Path:
+    """Several models' cumulative error ``D_t^cumu`` side by side, one panel per kernel:
+    ``curves[model][kernel] = (t, mean, std or None)``; a reference (the exact oracle's :class:`Propagation`)
+    dashed, with its permutation noise floor shaded. Symmetric-log y axis, linear inside the floor."""
+    kernels = list(next(iter(curves.values())))
+    fig, axes = plt.subplots(1, len(kernels), figsize=(4.5 * len(kernels), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], kernels):
+        for name, per in curves.items():
+            t, v, sd = per[k]
+            ax.errorbar(t, v, yerr=sd, marker="o", ms=3, capsize=2, label=name)
+        linthresh = 1e-6
+        if reference is not None and k in reference.kernels:
+            t, floor = reference.column(k, "floor")
+            ax.plot(*reference.column(k, "cumulative"), "k--", lw=1, label="oracle")
+            ax.fill_between(t, -floor, floor, color="0.85", label="noise floor (95%)")
+            linthresh = float(np.nanmedian(floor)) / 4 or linthresh
+        ax.set_yscale("symlog", linthresh=linthresh)
+        ax.set(xscale="log", xlabel="t (sampling runs right to left)", ylabel="$D_t^{cumu}$ (MMD$^2$)", title=k)
+        ax.invert_xaxis()
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, out)

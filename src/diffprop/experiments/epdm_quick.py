@@ -19,7 +19,7 @@ from ..data import load_dataset
 from ..diagnostics.propagation import propagation
 from ..metrics.toy import sample_metrics
 from ..oracle import OracleDenoiser
-from ..plots import plt
+from ..plots import plot_cumulative
 from ..runs import load_run
 from ..samplers import sample
 from ..training import Trainer
@@ -85,25 +85,14 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
                 p = stats.ttest_ind(by[v][c], by["vanilla"][c], equal_var=False).pvalue
                 tests.append(f"- {v} vs vanilla, {c}: mean {np.mean(by[v][c]):.4g} vs {np.mean(by['vanilla'][c]):.4g}, "
                              f"Welch t-test p = {p:.3g}")
-    # figure: mean cumulative curves per variant (and the exact oracle's), per kernel
+    # figure: mean cumulative curves per variant, beside the exact oracle's
     data = load_dataset("gmm-grid")
     oracle = OracleDenoiser(data.mixture, load_run(out / "runs" / "vanilla-seed0").denoiser.schedule)
     ref = propagation(oracle, data.x, num=s["num"], grid=s["grid"], kernels=KERNELS, progress=progress)
-    fig, axes = plt.subplots(1, len(KERNELS), figsize=(4.5 * len(KERNELS), 3.6), squeeze=False)
-    for ax, k in zip(axes[0], KERNELS):
-        for v in VARIANTS:
-            curves = np.array([r["curve"][k] for r in rows if r["variant"] == v])
-            ax.errorbar(s["grid"], curves.mean(0), yerr=curves.std(0) if seeds > 1 else None, marker="o", ms=3,
-                        capsize=2, label=v)
-        ax.plot(s["grid"], ref.column(k, "cumulative")[1], "k--", lw=1, label="oracle")
-        ax.fill_between(s["grid"], -ref.column(k, "floor")[1], ref.column(k, "floor")[1], color="0.85")
-        ax.set(xscale="log", yscale="symlog", xlabel="t", ylabel="D_t^cumu (MMD^2)", title=k)
-        ax.set_yscale("symlog", linthresh=float(np.median(ref.column(k, "floor")[1])) / 4)
-        ax.invert_xaxis()
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "propagation.png", dpi=110)
-    plt.close(fig)
+    curves = {v: {k: (s["grid"], c.mean(0), c.std(0) if seeds > 1 else None)
+                  for k in KERNELS for c in [np.array([r["curve"][k] for r in rows if r["variant"] == v])]}
+              for v in VARIANTS}
+    plot_cumulative(curves, out / "propagation.png", reference=ref)
     (out / "table.md").write_text(table)
     report = out / "report.md"
     report.write_text(
