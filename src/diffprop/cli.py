@@ -139,7 +139,18 @@ def cmd_evaluate(args) -> None:
     if tuple(x.shape[1:]) != tuple(ds.data_shape):
         raise DiffpropError(f"{args.samples}: samples have shape {tuple(x.shape[1:])} per item but "
                             f"{args.dataset} has {tuple(ds.data_shape)}")
-    metrics = {"dataset": args.dataset, **sample_metrics(ds.from_data_units(x), ds.x, ds.mixture)}
+    if ds.is_image:
+        from .metrics.features import get_extractor
+        from .metrics.images import image_metrics
+
+        extractor = get_extractor(args.features, ds.data_shape, dataset_name=args.dataset,
+                                  inception_weights=args.inception_weights, device=_device("auto"))
+        metrics = {"dataset": args.dataset, **image_metrics(x, ds.x, extractor, num_reference=args.num_ref)}
+    else:
+        if args.features or args.inception_weights or args.num_ref:
+            raise DiffpropError(f"--features, --inception-weights and --num-ref apply to image data; "
+                                f"{args.dataset} is not")
+        metrics = {"dataset": args.dataset, **sample_metrics(ds.from_data_units(x), ds.x, ds.mixture)}
     out = Path(args.out or Path(args.samples).with_suffix(".metrics.json"))
     out.write_text(json.dumps(metrics, indent=1))
     for k, v in metrics.items():
@@ -267,9 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="metrics of a samples file against a dataset",
                        description="Gaussian-mixture data: mode_coverage, high_quality_fraction (within 4 std of "
-                       "a mean), mode weights, within-mode spread, exact log-likelihood, mmd_rbf; other data: mmd_rbf.")
+                       "a mean), mode weights, within-mode spread, exact log-likelihood, mmd_rbf; images: fd, kid "
+                       "(with kid_std, kid_se) and mmd_rbf on features, recording the extractor, its weights hash "
+                       "and preprocessing; other data: mmd_rbf, sliced_wasserstein.")
     e.add_argument("samples", help=".npz written by `diffprop sample`")
     e.add_argument("--dataset", required=True, help="dataset the samples should match, e.g. gmm-grid")
+    e.add_argument("--features", metavar="NAME", help="images: digits-classifier (default for digits; trained once "
+                   "and cached in $DIFFPROP_CACHE or ~/.cache/diffprop), inception (default with --inception-weights), "
+                   "pixels or random-projection")
+    e.add_argument("--inception-weights", metavar="PATH", help="local FID Inception-v3 weights "
+                   "(pt_inception-2015-12-05-6726825d.pth, SHA-256 checked; needs diffprop[fid]); never downloaded")
+    e.add_argument("--num-ref", type=_positive(int), metavar="N",
+                   help="images: compare with N reference images drawn at random (default: all of the dataset)")
     e.add_argument("--out", help="output JSON (default: next to the samples)")
     e.set_defaults(fn=cmd_evaluate)
 

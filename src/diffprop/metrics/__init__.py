@@ -1,1 +1,3 @@
-"""Sample-quality metrics."""
+"""Sample-quality metrics: exact and toy metrics (:mod:`.toy`); image metrics on features (:mod:`.images`):
+extractors (:mod:`.features`, :mod:`.digits_classifier`, :mod:`.inception`), streaming moments (:mod:`.stats`),
+Fréchet distance (:mod:`.frechet`) and KID (:mod:`.kid`)."""
