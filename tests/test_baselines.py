@@ -36,7 +36,7 @@ class OracleNet(torch.nn.Module):
         super().__init__()
         self.oracle, self.schedule = oracle, oracle.schedule
 
-    def raw(self, x_t, t):
+    def raw(self, x_t, t, generator=None):
         return self.oracle.predict(x_t, t).eps
 
 
@@ -94,8 +94,8 @@ def test_consistency_gradient_flows_into_both_predictions_but_not_the_trajectori
     outputs = []
     predict = den.predict
 
-    def recording_predict(x_t, t):
-        out = predict(x_t, t)
+    def recording_predict(x_t, t, generator=None):
+        out = predict(x_t, t, generator)
         if out.x0.requires_grad:
             out.x0.retain_grad()
         outputs.append(out.x0)

@@ -73,7 +73,7 @@ class Spy(DenoiserBase):
         super().__init__()
         self.schedule, self.calls = schedule, []
 
-    def predict(self, x_t, t):
+    def predict(self, x_t, t, generator=None):
         self.calls.append((int(t), x_t))
         abar = self.schedule.gather("alpha_bars", t, x_t)
         return Prediction(x_t / (1 - abar).sqrt(), torch.zeros_like(x_t))

@@ -340,7 +340,7 @@ class FixedEps(DenoiserBase):
         self.schedule = sched
         self.calls: list[int] = []
 
-    def predict(self, x_t, t):
+    def predict(self, x_t, t, generator=None):
         assert torch.is_tensor(t) and t.ndim == 0
         self.calls.append(int(t))
         eps = eps_fn(self.schedule, x_t, int(t))
@@ -530,7 +530,7 @@ def test_ddim_exact_eps_maps_gaussian_to_gaussian():
     transports N(0, 1) to approximately N(0, S2)."""
 
     class Exact(FixedEps):
-        def predict(self, x_t, t):
+        def predict(self, x_t, t, generator=None):
             a = self.schedule.alpha_bars[int(t)].item()
             eps = math.sqrt(1 - a) * x_t / (a * S2 + 1 - a)
             return Prediction(eps, x0_from_eps(self.schedule, x_t, t, eps))

@@ -52,6 +52,24 @@ class ModelConfig:
     time_dim: int = _f(128, "MLP sinusoidal time-embedding size", min=2)
     dropout: float = _f(0.0, "dropout probability (U-Net: 0 keeps the preset's own)", min=0.0, lt=1.0)
     preset: str = _f("tiny", "U-Net preset", choices=("tiny", "small", "ddpm-cifar10"))
+    smd: bool = _f(False, "soft mixture denoising around the backbone (002 Sec. 4), set up in [smd]")
+
+
+@dataclass
+class SMDConfig:
+    """Soft mixture denoising (002 Sec. 4, Alg. 1-2), on with ``model.smd = true``; see diffprop.nets.smd."""
+    variant: str = _f("official", "official: the public code's per-pixel latent and hypernet blocks after the first "
+                      "and before the last layer; embedding: one latent per example modulating the time embedding "
+                      "(far cheaper)", choices=("official", "embedding"))
+    latent_dim: int = _f(16, "size of the latent z_t (per pixel for official on images; the public code uses 100)",
+                         min=1)
+    hyper_layers: int = _f(2, "official: matrices u u^T + softplus(s) I per hypernet block (the public code: 2)",
+                           min=1)
+    eta_dim: int = _f(16, "embedding: size of eta (official: eta is shaped like x_t)", min=1)
+    g_width: int = _f(0, "width of g_xi: U-Net channels (official on images; a multiple of 4) or MLP units (0: a "
+                    "quarter of the backbone's, at least 8 channels or 16 units)", min=0)
+    n_eta: int = _f(1, "eta draws per training example, their losses averaged (002 Alg. 1, Fig. 4; cost grows "
+                    "linearly)", min=1)
 
 
 @dataclass
@@ -160,6 +178,7 @@ class Config:
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     input_perturbation: InputPerturbationConfig = field(default_factory=InputPerturbationConfig)
     fokker_planck: FokkerPlanckConfig = field(default_factory=FokkerPlanckConfig)
+    smd: SMDConfig = field(default_factory=SMDConfig)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -232,6 +251,10 @@ def _cross_check(cfg: Config) -> Config:
     d = cfg.diffusion
     if d.schedule == "linear" and d.beta_start > d.beta_end:
         raise DiffpropError(f"config: diffusion.beta_start ({d.beta_start}) must be <= diffusion.beta_end ({d.beta_end})")
+    s = cfg.smd
+    if cfg.model.smd and cfg.model.kind == "unet" and s.variant == "official" and s.g_width % 4:
+        raise DiffpropError(f"config: smd.g_width ({s.g_width}) must be a multiple of 4 for the official variant's "
+                            f"U-Net g_xi (or 0: automatic)")
     if cfg.sample.steps > d.T:
         raise DiffpropError(f"config: sample.steps ({cfg.sample.steps}) must be <= diffusion.T ({d.T})")
     return cfg

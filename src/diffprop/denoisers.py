@@ -3,6 +3,9 @@
 A denoiser owns the noise schedule it was trained with and predicts, for ``x_t`` at integer
 timesteps ``t`` in 1..T, both the noise and the clean sample. Samplers, losses and diagnostics only
 ever talk to this interface, so a trained network and the exact oracle are interchangeable.
+
+Every call takes the caller's ``generator``: a stochastic denoiser (soft mixture denoising, 002 Sec. 4)
+draws its latent noise from it, so its draws follow the run's seed; deterministic ones ignore it.
 """
 from __future__ import annotations
 
@@ -23,25 +26,35 @@ class Prediction(NamedTuple):
 
 
 class DenoiserBase(nn.Module):
-    """Interface: subclasses implement :meth:`predict`; everything else derives from it."""
+    """Interface: subclasses implement :meth:`predict`; everything else derives from it.
+
+    ``stochastic`` denoisers draw fresh latent noise from ``generator`` on every call (two calls on the same
+    input differ); the others ignore ``generator``.
+    """
 
     schedule: NoiseSchedule
+    stochastic = False
 
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> Prediction:
         raise NotImplementedError
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
-        return self.predict(x_t, t)
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> Prediction:
+        return self.predict(x_t, t, generator)
 
-    def eps(self, x_t, t):
-        return self.predict(x_t, t).eps
+    def eps(self, x_t, t, generator=None):
+        return self.predict(x_t, t, generator).eps
 
-    def x0(self, x_t, t):
-        return self.predict(x_t, t).x0
+    def x0(self, x_t, t, generator=None):
+        return self.predict(x_t, t, generator).x0
 
-    def score(self, x_t, t):
+    def score(self, x_t, t, generator=None):
         """``grad log q(x_t) = -eps / sqrt(1 - abar_t)``."""
-        return -self.eps(x_t, t) / (1 - self.schedule.gather("alpha_bars", t, x_t)).sqrt()
+        return -self.eps(x_t, t, generator) / (1 - self.schedule.gather("alpha_bars", t, x_t)).sqrt()
+
+
+def _batched(t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+    """Timesteps as a (B,) tensor: a scalar ``t`` is shared by the batch."""
+    return t.expand(x_t.shape[0]) if t.ndim == 0 else t
 
 
 def eps_from_x0(schedule, x_t, t, x0):
@@ -76,14 +89,15 @@ class Denoiser(DenoiserBase):
         self.schedule = schedule
         self.parameterization = parameterization
 
-    def raw(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def raw(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The backbone's output (what the denoising loss regresses); backbones see t - 1 in 0..T-1."""
-        if t.ndim == 0:
-            t = t.expand(x_t.shape[0])
-        return self.net(x_t, t - 1).to(x_t.dtype)
+        return self.net(x_t, _batched(t, x_t) - 1).to(x_t.dtype)
 
-    def predict(self, x_t, t):
-        out = self.raw(x_t, t)
+    def predict(self, x_t, t, generator=None):
+        return self.read(x_t, t, self.raw(x_t, t, generator))
+
+    def read(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> Prediction:
+        """The backbone output ``out`` at ``(x_t, t)`` read as a :class:`Prediction`."""
         if self.parameterization == "eps":
             return Prediction(out, x0_from_eps(self.schedule, x_t, t, out))
         if self.parameterization == "x0":
@@ -91,3 +105,36 @@ class Denoiser(DenoiserBase):
         abar = self.schedule.gather("alpha_bars", t, x_t)
         return Prediction((1 - abar).sqrt() * x_t + abar.sqrt() * out,
                           abar.sqrt() * x_t - (1 - abar).sqrt() * out)
+
+
+class SMDDenoiser(Denoiser):
+    """Soft mixture denoising (002 Sec. 4): ``net(x_t, t - 1, eta)`` with latent noise ``eta ~ N(0, I)``.
+
+    ``net`` is an SMD network (:mod:`diffprop.nets.smd`) of latent-noise shape ``net.eta_shape``; without
+    an explicit ``eta`` every call draws a fresh one from ``generator`` (002 Alg. 1 line 5, Alg. 2 line 4:
+    a new eta at every sampling step), so any sampler, loss or regularizer runs SMD unchanged. The
+    denoising loss averages ``n_eta`` draws per example (002 Alg. 1, Fig. 4).
+    """
+
+    stochastic = True
+
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule, parameterization: str = "eps", n_eta: int = 1):
+        super().__init__(net, schedule, parameterization)
+        if n_eta < 1:
+            raise DiffpropError(f"n_eta must be >= 1, got {n_eta}")
+        self.eta_shape, self.n_eta = tuple(net.eta_shape), int(n_eta)
+
+    def draw_eta(self, x_t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``eta ~ N(0, I)``, one per sample of ``x_t``, drawn on the generator's device."""
+        device = generator.device if generator is not None else x_t.device
+        eta = torch.randn((x_t.shape[0], *self.eta_shape), generator=generator, device=device, dtype=x_t.dtype)
+        return eta.to(x_t.device)
+
+    def raw(self, x_t, t, generator=None, eta=None):
+        """The backbone's output at latent noise ``eta`` (deterministic), or at a fresh draw from ``generator``."""
+        if eta is None:
+            eta = self.draw_eta(x_t, generator)
+        return self.net(x_t, _batched(t, x_t) - 1, eta).to(x_t.dtype)  # z_t = g_xi(eta, x_t, t), 002 Alg. 2 l. 5
+
+    def predict(self, x_t, t, generator=None, eta=None):
+        return self.read(x_t, t, self.raw(x_t, t, generator, eta))

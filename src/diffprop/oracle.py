@@ -74,7 +74,7 @@ class OracleDenoiser(DenoiserBase):
         x0 = (r * (1 - abar.sqrt() * gain)) @ mu + (r * gain).sum(1, keepdim=True) * x
         return x0.reshape(x_t.shape)
 
-    def predict(self, x_t, t):
+    def predict(self, x_t, t, generator=None):  # exact: nothing to draw
         x = x_t.double()
         abar = self.schedule.gather("alpha_bars", t, x)
         eps = (x - abar.sqrt() * self.posterior_mean_x0(x, t)) / (1 - abar).sqrt()

@@ -13,9 +13,9 @@ import torch
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .config import Config, load_config
-from .denoisers import Denoiser
+from .denoisers import Denoiser, SMDDenoiser
 from .errors import DiffpropError
-from .nets import build_net
+from .nets import build_net, build_smd_net
 from .schedules import NoiseSchedule
 
 
@@ -25,10 +25,15 @@ def build_schedule(cfg: Config) -> NoiseSchedule:
 
 
 def build_denoiser(cfg: Config, data_shape: tuple[int, ...]) -> Denoiser:
-    m = cfg.model
+    """The config's denoiser: its backbone, or with ``model.smd`` an :class:`SMDDenoiser` around it."""
+    m, s, shape = cfg.model, cfg.smd, tuple(data_shape)
     opts = (dict(width=m.width, depth=m.depth, time_dim=m.time_dim, dropout=m.dropout) if m.kind == "mlp"
             else dict(preset=m.preset, **({"dropout": m.dropout} if m.dropout else {})))
-    return Denoiser(build_net(m.kind, tuple(data_shape), **opts), build_schedule(cfg), cfg.diffusion.parameterization)
+    if not m.smd:
+        return Denoiser(build_net(m.kind, shape, **opts), build_schedule(cfg), cfg.diffusion.parameterization)
+    net = build_smd_net(m.kind, shape, s.variant, latent_dim=s.latent_dim, hyper_layers=s.hyper_layers,
+                        eta_dim=s.eta_dim, g_width=s.g_width, **opts)
+    return SMDDenoiser(net, build_schedule(cfg), cfg.diffusion.parameterization, n_eta=s.n_eta)
 
 
 def write_data_info(run_dir: Path, dataset) -> None:

@@ -1,6 +1,9 @@
 """Peak memory of a call: the CUDA allocator's peak on a GPU, the process's resident high-water mark on Linux."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -30,3 +33,11 @@ def _vm(status: Path, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])  # kB
     raise OSError(key)
+
+
+def in_fresh_process(module: str, call: str):
+    """The JSON that ``module.call`` returns, evaluated in a fresh interpreter so that no earlier allocation
+    hides a peak (the resident high-water mark only grows); None if it failed."""
+    code = f"import importlib; print(importlib.import_module({module!r}).{call})"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    return json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None

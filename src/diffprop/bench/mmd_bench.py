@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
 
 from ..diagnostics.mmd import KERNELS, median_bandwidth, mmd
-from .memory import peak_memory_mb
+from .memory import in_fresh_process, peak_memory_mb
 
 N, DIMS, REPEATS = 1000, (2, 64, 3072), 3
 
@@ -42,9 +40,7 @@ def _inputs(d, device):
 
 def peak_in_fresh_process(d: int, kernel: str, which: str, device: str) -> float | None:
     """Peak memory (MB) of one call, in a fresh interpreter so no earlier allocation hides it."""
-    code = (f"from diffprop.bench.mmd_bench import _one; print(_one({d}, {kernel!r}, {which!r}, {device!r}))")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    return json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None
+    return in_fresh_process(__name__, f"_one({d}, {kernel!r}, {which!r}, {device!r})")
 
 
 def _one(d, kernel, which, device):

@@ -2,13 +2,11 @@
 model and batch, measured side by side: each round times every variant once, in turn."""
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 
 from ..config import load_config
 from ..training import Trainer
-from .train_overhead import CASES, _sync
+from .train_overhead import CASES, time_side_by_side
 
 ROUNDS, STEPS = 5, 5
 VARIANTS = {
@@ -28,19 +26,9 @@ def regularizers_bench() -> dict:
             trainers = {name: Trainer(load_config(None, overrides + extra + [f"train.steps={10**9}"]),
                                       f"{tmp}/{i}", progress=False)
                         for i, (name, extra) in enumerate(VARIANTS.items())}
-            times = {name: [] for name in trainers}
-            for t in trainers.values():  # warm-up
-                t.train_step()
-            for _ in range(ROUNDS):
-                for name, t in trainers.items():
-                    _sync(t.device)
-                    t0 = time.perf_counter()
-                    for _ in range(STEPS):
-                        t.train_step()
-                    _sync(t.device)
-                    times[name].append((time.perf_counter() - t0) / STEPS)
-        base = statistics.median(times["vanilla"])
+            times = time_side_by_side(trainers, ROUNDS, STEPS)
+        base = times["vanilla"]
         cases.append({"case": case, "vanilla_ms": round(base * 1e3, 2),
-                      "relative": {n: round(statistics.median(v) / base, 2) for n, v in times.items()}})
+                      "relative": {n: round(v / base, 2) for n, v in times.items()}})
     return {"rounds": ROUNDS, "steps_per_round": STEPS, "targets": {"epdm L=5 grad=last": 2.0, "consistency": 1.5},
             "cases": cases}

@@ -58,6 +58,18 @@ def _time(step, n, device) -> float:
     return (time.perf_counter() - t0) / n
 
 
+def time_side_by_side(trainers: dict, rounds: int, steps: int) -> dict:
+    """Median seconds per training step of each trainer (after one warm-up step each); every round times every
+    trainer once, in turn, so that drift hits them alike."""
+    for t in trainers.values():
+        t.train_step()
+    times = {name: [] for name in trainers}
+    for _ in range(rounds):
+        for name, t in trainers.items():
+            times[name].append(_time(t.train_step, steps, t.device))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def train_overhead() -> dict:
     cases = []
     for name, overrides in CASES.items():

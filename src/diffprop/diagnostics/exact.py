@@ -33,6 +33,8 @@ def modular_kl(denoiser, oracle: OracleDenoiser, t: int, x_t: torch.Tensor, var_
     ``num_mc`` draws ``mu +- sigma z`` from ``p`` in antithetic pairs (``log p`` Gaussian, ``log q`` a logsumexp
     over the mixture) with ``|z|^2`` as a control variate; both together make the estimate exact (up to
     rounding) when ``q`` is a single Gaussian, and nearly so where the posterior is close to Gaussian.
+    A stochastic denoiser (SMD) is read at one latent draw per sample (from ``generator``): the average is then
+    ``E_eta KL(p_theta(.|x_t, eta) || q)``, an upper bound (KL is convex) of its mixture's KL.
     """
     if var_type not in VAR_TYPES:
         raise DiffpropError(f"unknown backward variance {var_type!r}; allowed: {', '.join(VAR_TYPES)}")
@@ -43,7 +45,7 @@ def modular_kl(denoiser, oracle: OracleDenoiser, t: int, x_t: torch.Tensor, var_
     if var <= 0:
         raise DiffpropError(f"sigma_t^2 = {var_type}_{t} = 0: p_theta is a point mass and the KL is infinite")
     B = len(x_t)
-    x0_hat = denoiser.predict(x_t, torch.tensor(t, device=x_t.device)).x0
+    x0_hat = denoiser.predict(x_t, torch.tensor(t, device=x_t.device), generator).x0
     x = x_t.reshape(B, -1).double()
     mu = p_step(x, x0_hat.reshape(B, -1).double(), sched.alpha_bars[t], sched.alpha_bars_prev[t], None)
     D = x.shape[1]

@@ -191,8 +191,8 @@ def propagation_once(denoiser, data: torch.Tensor, *, num: int = 1000, grid: lis
         std = float((one_step - abar_prev**0.5 * x0_t).double().flatten(1).std(0).mean())
         tt = torch.tensor(t, device=device)
         extra.update(delta=(std - (1 - abar_prev) ** 0.5) ** 2,  # Ning et al. 2023
-                     eps_norm_chain=_rms(denoiser.predict(back[t], tt).eps),
-                     eps_norm_forward=_rms(denoiser.predict(x_t, tt).eps))
+                     eps_norm_chain=_rms(denoiser.predict(back[t], tt, g).eps),
+                     eps_norm_forward=_rms(denoiser.predict(x_t, tt, g).eps))
         for spec, name, bw in specs:
             d_cumu, floor, p = cumulative(t, name, bw)
             d_next, floor_next, _ = cumulative(t + 1, name, bw) if t < T else (float("nan"), float("nan"), 1.0)

@@ -62,7 +62,7 @@ class Consistency:
         """Ancestral DDPM steps along ``chain`` (``(K + 1, B)`` timesteps), no gradient (003 Sec. 4)."""
         x = x_t
         for t_cur, t_next in zip(chain[:-1], chain[1:]):
-            x0_hat = denoiser.predict(x, t_cur).x0
+            x0_hat = denoiser.predict(x, t_cur, generator).x0
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = p_step(x, x0_hat, denoiser.schedule.gather("alpha_bars", t_cur, x),
                        denoiser.schedule.gather("alpha_bars", t_next, x), noise, self.var_type)
@@ -81,7 +81,7 @@ class Consistency:
         # two independent trajectories, run as one batch of 2B
         chain = sub_chain(t, t_prev, self.steps).repeat(1, 2)
         x_prev = self.reverse(denoiser, x_t.repeat(2, *[1] * (x0.ndim - 1)), chain, generator)
-        d_t = denoiser.predict(x_t, t).x0
-        d1, d2 = denoiser.predict(x_prev, t_prev.repeat(2)).x0.chunk(2)
+        d_t = denoiser.predict(x_t, t, generator).x0
+        d1, d2 = denoiser.predict(x_prev, t_prev.repeat(2), generator).x0.chunk(2)
         value = ((d1 - d_t) * (d2 - d_t)).mean()  # 003 Sec. 4, two-sample estimate of L^2_{t,t',x}
         return Term(value, {"gap": (t - t_prev).double().mean()})

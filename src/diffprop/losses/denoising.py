@@ -1,10 +1,22 @@
-"""The denoising (noise-prediction) loss of DDPM (000 Eq. 3; Ho et al. Eq. 14)."""
+"""The denoising (noise-prediction) loss of DDPM (000 Eq. 3; Ho et al. Eq. 14), SMD's with ``n_eta`` draws."""
 from __future__ import annotations
 
 import torch
 
 from ..denoisers import Denoiser, training_target
 from ..process import q_sample
+
+
+def regression_loss(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
+                    generator: torch.Generator | None) -> torch.Tensor:
+    """Per sample ``|| raw(x_t, t) - target ||^2``. A denoiser with ``n_eta > 1`` (SMD) sees every example
+    ``n_eta`` times with independent latent draws, and the losses are averaged (002 Alg. 1, Sec. 5.4)."""
+    k = getattr(denoiser, "n_eta", 1)
+    if k == 1:
+        return (denoiser.raw(x_t, t, generator) - target).pow(2).flatten(1).mean(1)
+    x_t, t, target = (a.repeat(k, *[1] * (a.ndim - 1)) for a in (x_t, t, target))  # row j B + i: example i, draw j
+    err = (denoiser.raw(x_t, t, generator) - target).pow(2).flatten(1).mean(1)
+    return err.view(k, -1).mean(0)  # the Monte Carlo mean over eta of 002 Eq. 14
 
 
 class DenoisingLoss:
@@ -16,4 +28,4 @@ class DenoisingLoss:
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = q_sample(denoiser.schedule, x0, t, eps)  # 000 Eq. 1
         target = training_target(denoiser.parameterization, denoiser.schedule, x0, t, eps)
-        return (denoiser.raw(x_t, t) - target).pow(2).flatten(1).mean(1)
+        return regression_loss(denoiser, x_t, t, target, generator)

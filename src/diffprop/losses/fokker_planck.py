@@ -89,7 +89,14 @@ class FokkerPlanck:
             D = x.shape[1]
             method = self.divergence if self.divergence != "auto" else (
                 "exact" if D <= EXACT_MAX_DIM else "hutchinson")
-            score = lambda tt: denoiser.score(x.reshape(shape), tt).reshape(B, D)  # noqa: E731
+            # a stochastic denoiser (SMD) is read at one latent draw in all three scores: d_tau s of one model
+            seed = (int(torch.randint(2**62, (), generator=generator, device=generator.device if generator else "cpu"))
+                    if getattr(denoiser, "stochastic", False) else None)
+
+            def score(tt):
+                g = None if seed is None else torch.Generator(x.device).manual_seed(seed)
+                return denoiser.score(x.reshape(shape), tt, g).reshape(B, D)
+
             s = score(t)
             h = divergence(s, x, method, generator) + s.pow(2).sum(1) + (x * s).sum(1)
             grad_h = torch.autograd.grad(h.sum(), x, create_graph=True)[0]

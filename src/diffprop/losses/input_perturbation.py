@@ -15,6 +15,7 @@ import torch
 
 from ..denoisers import training_target
 from ..process import q_sample
+from .denoising import regression_loss
 from .objective import Term
 
 
@@ -41,4 +42,4 @@ class InputPerturbation:
         xi = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = q_sample(schedule, x0, t, eps + self.gamma * xi)  # Ning et al. Eq. 9: perturbed input
         target = training_target(denoiser.parameterization, schedule, x0, t, eps)  # ... clean target
-        return Term((denoiser.raw(x_t, t) - target).pow(2).flatten(1).mean(1).mean(), {})
+        return Term(regression_loss(denoiser, x_t, t, target, generator).mean(), {})

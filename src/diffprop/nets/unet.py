@@ -65,14 +65,16 @@ class UNet(nn.Module):
         self.model = model
 
     @classmethod
-    def from_preset(cls, data_shape: tuple[int, ...], preset: str = "tiny", **overrides) -> "UNet":
-        """A freshly initialised UNet for images of shape (C, H, W)."""
-        return cls(UNet2DModel(**unet_config(data_shape, preset, **overrides)))
+    def from_preset(cls, data_shape: tuple[int, ...], preset: str = "tiny", class_embed_type: str | None = None,
+                    **overrides) -> "UNet":
+        """A freshly initialised UNet for images of shape (C, H, W); ``class_embed_type="identity"`` makes it
+        add ``class_labels`` (B, time-embedding width) to its time embedding."""
+        return cls(UNet2DModel(**unet_config(data_shape, preset, **overrides), class_embed_type=class_embed_type))
 
     @classmethod
     def from_diffusers(cls, model: UNet2DModel) -> "UNet":
         """Wrap an existing (e.g. pretrained) UNet2DModel."""
         return cls(model)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.model(x, t).sample
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(x, t, class_labels=class_labels).sample

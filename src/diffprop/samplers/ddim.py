@@ -16,7 +16,7 @@ def ddim(denoiser, x, *, steps=50, generator=None, record=(), progress=False, et
     for t, t_prev in chain(denoiser.schedule, steps, progress):
         if t in want:
             states[t] = x.clone()
-        eps, x0 = denoiser.predict(x, torch.tensor(t, device=x.device))
+        eps, x0 = denoiser.predict(x, torch.tensor(t, device=x.device), generator)
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
         a, a_prev = abar[t], abar[t_prev]

@@ -11,7 +11,7 @@ def ddpm_step(denoiser, x, t: int, t_prev: int, generator=None, var_type: str = 
     """One ancestral step ``x_t -> x_{t_prev} ~ N(mu_theta(x_t, t), sigma^2 I)`` (000 Eq. 2, 4); no noise when
     ``t_prev = 0`` (Ho et al. Alg. 2 line 3). Differentiable: callers choose ``torch.no_grad()`` themselves."""
     sched = denoiser.schedule
-    x0 = denoiser.predict(x, torch.tensor(t, device=x.device)).x0
+    x0 = denoiser.predict(x, torch.tensor(t, device=x.device), generator).x0
     if clip_x0 is not None:
         x0 = x0.clamp(-clip_x0, clip_x0)
     noise = noise_like(x, generator) if t_prev > 0 else None
