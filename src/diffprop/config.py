@@ -70,6 +70,9 @@ class SMDConfig:
                     "quarter of the backbone's, at least 8 channels or 16 units)", min=0)
     n_eta: int = _f(1, "eta draws per training example, their losses averaged (002 Alg. 1, Fig. 4; cost grows "
                     "linearly)", min=1)
+    loss: str = _f("mse", "mse: 002 Eq. 14, the squared error averaged over eta draws (its minimiser ignores eta: "
+                   "see diffprop.nets.smd); energy: the energy score of the n_eta >= 2 draws, which rewards a spread "
+                   "over eta that matches the posterior's (not in 002)", choices=("mse", "energy"))
 
 
 @dataclass
@@ -252,6 +255,8 @@ def _cross_check(cfg: Config) -> Config:
     if d.schedule == "linear" and d.beta_start > d.beta_end:
         raise DiffpropError(f"config: diffusion.beta_start ({d.beta_start}) must be <= diffusion.beta_end ({d.beta_end})")
     s = cfg.smd
+    if cfg.model.smd and s.loss == "energy" and s.n_eta < 2:
+        raise DiffpropError(f"config: smd.loss = 'energy' compares eta draws and needs smd.n_eta >= 2, got {s.n_eta}")
     if cfg.model.smd and cfg.model.kind == "unet" and s.variant == "official" and s.g_width % 4:
         raise DiffpropError(f"config: smd.g_width ({s.g_width}) must be a multiple of 4 for the official variant's "
                             f"U-Net g_xi (or 0: automatic)")

@@ -18,6 +18,7 @@ from .errors import DiffpropError
 from .schedules import NoiseSchedule
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
+SMD_LOSSES = ("mse", "energy")
 
 
 class Prediction(NamedTuple):
@@ -113,16 +114,20 @@ class SMDDenoiser(Denoiser):
     ``net`` is an SMD network (:mod:`diffprop.nets.smd`) of latent-noise shape ``net.eta_shape``; without
     an explicit ``eta`` every call draws a fresh one from ``generator`` (002 Alg. 1 line 5, Alg. 2 line 4:
     a new eta at every sampling step), so any sampler, loss or regularizer runs SMD unchanged. The
-    denoising loss averages ``n_eta`` draws per example (002 Alg. 1, Fig. 4).
+    denoising loss averages ``n_eta`` draws per example (002 Alg. 1, Fig. 4), or with ``loss="energy"`` scores
+    them as a sample of the backward distribution (see :func:`diffprop.losses.denoising.regression_loss`).
     """
 
     stochastic = True
 
-    def __init__(self, net: nn.Module, schedule: NoiseSchedule, parameterization: str = "eps", n_eta: int = 1):
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule, parameterization: str = "eps", n_eta: int = 1,
+                 loss: str = "mse"):
         super().__init__(net, schedule, parameterization)
         if n_eta < 1:
             raise DiffpropError(f"n_eta must be >= 1, got {n_eta}")
-        self.eta_shape, self.n_eta = tuple(net.eta_shape), int(n_eta)
+        if loss not in SMD_LOSSES or (loss == "energy" and n_eta < 2):
+            raise DiffpropError(f"SMD loss {loss!r} with n_eta = {n_eta}: allowed mse, or energy with n_eta >= 2")
+        self.eta_shape, self.n_eta, self.loss = tuple(net.eta_shape), int(n_eta), loss
 
     def draw_eta(self, x_t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``eta ~ N(0, I)``, one per sample of ``x_t``, drawn on the generator's device."""

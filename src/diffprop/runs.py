@@ -33,7 +33,8 @@ def build_denoiser(cfg: Config, data_shape: tuple[int, ...]) -> Denoiser:
         return Denoiser(build_net(m.kind, shape, **opts), build_schedule(cfg), cfg.diffusion.parameterization)
     net = build_smd_net(m.kind, shape, s.variant, latent_dim=s.latent_dim, hyper_layers=s.hyper_layers,
                         eta_dim=s.eta_dim, g_width=s.g_width, **opts)
-    return SMDDenoiser(net, build_schedule(cfg), cfg.diffusion.parameterization, n_eta=s.n_eta)
+    return SMDDenoiser(net, build_schedule(cfg), cfg.diffusion.parameterization, n_eta=s.n_eta,
+                       loss=s.loss)
 
 
 def write_data_info(run_dir: Path, dataset) -> None:

@@ -21,7 +21,8 @@ included) runs unchanged.
 What training teaches these networks is another matter: 002's loss (Eq. 14) is minimised, for every eta, by
 ``E[eps | x_t]`` (eta is independent of ``x_0`` and ``eps``), so it gives no reason to use eta, and trained on
 gmm-grid the predictions barely vary with it (README). Fitted with a distributional objective they do express
-a mixture (tests/test_smd.py).
+a mixture: ``[smd] loss = "energy"`` (with ``n_eta >= 2``) scores the draws with the energy score
+(:func:`diffprop.losses.denoising.regression_loss`; tests/test_smd.py).
 """
 from __future__ import annotations
 
