@@ -5,6 +5,7 @@ Bad input exits with status 2 and one line ``diffprop: error: ...``, no tracebac
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -205,9 +206,22 @@ def cmd_reproduce(args) -> None:
     exp = get_experiment(args.name)
     if args.scale not in exp.SCALES:
         raise DiffpropError(f"{args.name}: scale {args.scale!r} is not available; allowed: {', '.join(exp.SCALES)}")
-    report = exp.run(Path(args.out or Path("runs") / "reproduce" / f"{args.name}-{args.scale}"), args.scale,
-                     args.seeds, progress=not args.quiet)
+    options = {k: v for k, v in (("data", args.data), ("inception_weights", args.inception_weights),
+                                 ("force", args.force)) if v}
+    takes = inspect.signature(exp.run).parameters
+    if options and not any(p.kind == p.VAR_KEYWORD for p in takes.values()):
+        raise DiffpropError(f"{args.name} takes none of --data, --inception-weights, --force")
+    folder = f"{args.name}-{args.scale}" + (f"-{args.data.split(':')[0]}" if args.data else "")
+    report = exp.run(Path(args.out or Path("runs") / "reproduce" / folder), args.scale, args.seeds,
+                     progress=not args.quiet, **options)
     print(f"report: {report}")
+
+
+def cmd_report(args) -> None:
+    from .report import write_report_pages
+
+    md, html = write_report_pages([Path(d) for d in args.dirs], Path(args.out))
+    print(f"wrote {md} and {html}")
 
 
 def cmd_demo(args) -> None:
@@ -326,11 +340,26 @@ def build_parser() -> argparse.ArgumentParser:
                        "Markdown), figures and report.md (the claim, what we measured, whether it reproduces).")
     r.add_argument("name", nargs="?", help="experiment name (see --list)")
     r.add_argument("--list", action="store_true", help="list the experiments with their estimated times")
-    r.add_argument("--scale", default="small", help="tiny (minutes, what the tests run) or small (about an hour)")
+    r.add_argument("--scale", default="small", help="tiny (minutes, what the tests run), small (about an hour on "
+                   "2 CPU cores) or paper (the papers' data and U-Net; GPUs; prints its GPU-hour estimate first)")
     r.add_argument("--seeds", type=_positive(int), help="number of seeds (default: the scale's)")
-    r.add_argument("--out", help="output folder (default: runs/reproduce/NAME-SCALE)")
+    r.add_argument("--data", metavar="DATASET", help="train on this dataset instead of the scale's (required at "
+                   "paper scale, e.g. cifar10:PATH/cifar-10-batches-py); images get the U-Net and FID-style metrics")
+    r.add_argument("--inception-weights", metavar="PATH", help="FID Inception-v3 weights for image data other than "
+                   "digits (pt_inception-2015-12-05-6726825d.pth; never downloaded)")
+    r.add_argument("--force", action="store_true", help="run a paper-scale reproduction without a GPU")
+    r.add_argument("--out", help="output folder (default: runs/reproduce/NAME-SCALE, with -DATA when --data is given)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_reproduce)
+
+    g = sub.add_parser("report", help="gather reproduction folders into one Markdown and HTML page",
+                       description="Collect the report.md, tables and figures of `diffprop reproduce` folders into "
+                       "one Markdown page (image links relative to it) and a self-contained HTML page beside it "
+                       "(images embedded).")
+    g.add_argument("dirs", nargs="+", metavar="DIR", help="folders written by `diffprop reproduce`")
+    g.add_argument("--out", default="runs/report.md", help="the Markdown page (default: runs/report.md); the "
+                   "HTML page gets the same name with .html")
+    g.set_defaults(fn=cmd_report)
 
     b = sub.add_parser("bench", help="performance benchmarks (JSON)",
                        description="Timings measured side by side in one run, written as JSON.")

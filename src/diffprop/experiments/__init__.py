@@ -1,14 +1,19 @@
 """Reproductions of the papers' experiments, run by ``diffprop reproduce NAME``.
 
-Each experiment is a function ``run(out: Path, scale: str, seeds: int, progress: bool) -> Path`` (the
-report it wrote) with a one-line ``claim`` and estimated minutes per scale on 2 CPU cores.
+Each experiment is a module with a one-line ``CLAIM``, its ``SCALES``, estimated ``MINUTES`` per CPU scale (2 CPU
+cores) and ``run(out: Path, scale: str, seeds: int | None, progress: bool, **options) -> Path`` (the report it
+wrote); ``options`` are ``data``, ``inception_weights`` and ``force`` where it accepts them. The shared harness is
+:mod:`.common`.
 """
 from __future__ import annotations
 
 from ..errors import DiffpropError
-from . import epdm_quick
+from . import (epdm_fig2, epdm_fig3, epdm_fig4, epdm_quick, epdm_table1, epdm_table2, propagation_theorem,
+               smd_grid)
 
-EXPERIMENTS = {"epdm-quick": epdm_quick}
+EXPERIMENTS = {"epdm-fig2": epdm_fig2, "epdm-fig3": epdm_fig3, "epdm-table1": epdm_table1, "epdm-table2": epdm_table2,
+               "epdm-fig4": epdm_fig4, "propagation-theorem": propagation_theorem, "epdm-quick": epdm_quick,
+               "smd-grid": smd_grid}
 
 
 def get_experiment(name: str):
@@ -17,9 +22,18 @@ def get_experiment(name: str):
     return EXPERIMENTS[name]
 
 
+def _times(mod) -> str:
+    """Estimated time per scale: minutes on 2 CPU cores, V100-hours at paper scale (:mod:`.gpu`)."""
+    cpu = ", ".join(f"{s} ~{mod.MINUTES[s]:g} min" for s in mod.SCALES if s in mod.MINUTES)
+    out = f"{cpu} (2 CPU cores)" if cpu else ""
+    if "paper" in mod.SCALES:
+        from .common import paper_hours
+
+        hours = paper_hours(mod.SCALES["paper"], mod.VARIANTS, getattr(mod, "CURVES", 0)) \
+            if hasattr(mod, "VARIANTS") else None
+        out += "; paper " + (f"~{hours:,.0f} V100-hours on CIFAR-10" if hours else "on GPUs")
+    return out
+
+
 def listing() -> str:
-    lines = []
-    for name, mod in EXPERIMENTS.items():
-        est = ", ".join(f"{s}: ~{m} min" for s, m in mod.MINUTES.items())
-        lines.append(f"{name:<14} {mod.CLAIM}\n{'':<14} scales: {', '.join(mod.SCALES)} ({est}, 2 CPU cores)")
-    return "\n".join(lines)
+    return "\n".join(f"{name:<20} {mod.CLAIM}\n{'':<20} scales: {_times(mod)}" for name, mod in EXPERIMENTS.items())

@@ -1,0 +1,77 @@
+"""``diffprop report DIR...``: reproduction folders (``report.md``, tables, figures) gathered into one Markdown page,
+with a summary table of the verdicts, and a self-contained HTML page with the same content (images embedded)."""
+from __future__ import annotations
+
+import base64
+import os
+import re
+from pathlib import Path
+
+from .errors import DiffpropError
+from .mdhtml import anchor, to_html
+
+_TARGET = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
+MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml", ".gif": "image/gif"}
+
+
+def _relative(target: str) -> bool:
+    return not re.match(r"[a-z][a-z0-9+.-]*:|/|#", target, re.I)
+
+
+def read_reproduction(folder: Path, page_dir: Path) -> dict:
+    """One folder's report: its title, verdict and Markdown with headings one level down and relative links
+    rewritten against ``page_dir``; every linked image must exist."""
+    if not folder.is_dir():
+        raise DiffpropError(f"{folder}: no such folder")
+    path = folder / "report.md"
+    if not path.is_file():
+        raise DiffpropError(f"{folder}: not a reproduction folder (no report.md; run `diffprop reproduce` first)")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    title = next((ln[2:].strip() for ln in text.splitlines() if ln.startswith("# ")), None)
+    verdict = next((ln.split("**Reproduces?**", 1)[1].strip() for ln in text.splitlines()
+                    if ln.startswith("**Reproduces?**")), None)
+    if title is None or verdict is None:
+        raise DiffpropError(f"{path}: not a reproduction report (needs a '# title' and a '**Reproduces?**' line)")
+
+    def rebase(m: re.Match) -> str:
+        target = m.group(2)
+        if not _relative(target):
+            return m.group(0)
+        if m.group(1).startswith("!") and not (folder / target).is_file():
+            raise DiffpropError(f"{path}: links the figure {target}, which is missing")
+        return m.group(1) + Path(os.path.relpath(folder / target, page_dir)).as_posix() + m.group(3)
+
+    body = re.sub(r"^(#+) ", r"#\1 ", _TARGET.sub(rebase, text), flags=re.M)
+    return {"folder": folder, "title": title, "verdict": verdict, "body": body}
+
+
+def gather(folders: list[Path], page_dir: Path) -> str:
+    """The Markdown page: a summary table of the verdicts, then every report."""
+    reports = [read_reproduction(f, page_dir) for f in folders]
+    seen = {"diffprop-reproductions": 1}  # the page's own heading comes first
+    rows = "".join(f"| [{r['title']}](#{anchor(r['title'], seen)}) | {r['verdict'].replace('|', '/')} | "
+                   f"`{Path(os.path.relpath(r['folder'], page_dir)).as_posix()}` |\n" for r in reports)
+    return ("# diffprop reproductions\n\n| experiment | reproduces? | folder |\n|---|---|---|\n" + rows + "\n" +
+            "\n".join(r["body"].rstrip() + "\n" for r in reports))
+
+
+def _data_uri(page_dir: Path):
+    def image(src: str) -> str:
+        path = page_dir / src
+        if not _relative(src) or not path.is_file():
+            return src
+        mime = MIME.get(path.suffix.lower(), "application/octet-stream")
+        return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+    return image
+
+
+def write_report_pages(folders: list[Path], out: Path) -> tuple[Path, Path]:
+    """Write ``out`` (Markdown) and ``out`` with ``.html`` (self-contained) from reproduction ``folders``."""
+    if out.suffix != ".md":
+        raise DiffpropError(f"--out {out}: give a .md file (the HTML page goes beside it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md = gather(folders, out.parent)
+    out.write_text(md, encoding="utf-8")
+    html_path = out.with_suffix(".html")
+    html_path.write_text(to_html(md, "diffprop reproductions", _data_uri(out.parent)), encoding="utf-8")
+    return out, html_path
