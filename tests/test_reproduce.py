@@ -172,12 +172,12 @@ def test_image_data_get_the_unet_and_fd(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
 def test_paper_scale_prints_estimate_and_refuses_cpu(capsys, tmp_path):
-    out = tmp_path / "paper"
-    assert main(["reproduce", "epdm-table1", "--scale", "paper", "--data", "digits", "--out", str(out)]) == 2
+    folder = tmp_path / "paper"
+    assert main(["reproduce", "epdm-table1", "--scale", "paper", "--data", "digits", "--out", str(folder)]) == 2
     out, err = capsys.readouterr()
     assert re.search(r"paper-scale estimate: ~[\d,]+ V100 GPU-hours \(5 variants x 3 seeds", out)
     assert err.count("\n") == 1 and "needs a CUDA GPU (estimate above); --force runs it here anyway" in err
-    assert not out.exists()  # nothing written before the check
+    assert not folder.exists()  # nothing written before the check
 
 
 def test_reproduce_bad_options(capsys, tmp_path):
