@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Timings measured side by side in one run, written as JSON.")
     b.add_argument("name", help="train-overhead (trainer vs bare loop), mmd (chunked vs full-matrix MMD, "
                    "memory), measure (full measure on digits, MMD share of the time), regularizers (step time of each "
-                   "regularizer relative to vanilla)")
+                   "regularizer relative to vanilla), smd (time and memory per step of each SMD variant against the plain "
+                   "backbone)")
     b.add_argument("--out", help="also write the JSON here")
     b.set_defaults(fn=cmd_bench)
     return p
