@@ -167,7 +167,7 @@ def test_image_data_get_the_unet_and_fd(tmp_path, capsys, monkeypatch):
     _finite(rows, ["fd", "kid"])
     text = _report(tmp_path)
     assert "(fd, lower is better)" in text and "U-Net preset `tiny`" in text
-    assert all((tmp_path / f"samples-{v}.png").is_file() for v in epdm_table1.VARIANTS)
+    assert all((tmp_path / f"samples-{common.slug(v)}.png").is_file() for v in epdm_table1.VARIANTS)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")

@@ -85,6 +85,11 @@ def paper_hours(s: Scale, variants: dict[str, list[str]], curves: int = 0) -> fl
     return h["train"] + h["sample"]
 
 
+def slug(variant: str) -> str:
+    """A variant's name as a file name: runs of other characters than letters, digits and ``=._+-`` become ``-``."""
+    return re.sub(r"[^A-Za-z0-9=._+-]+", "-", variant).strip("-")
+
+
 def log(message: str) -> None:
     print(message, flush=True)
 
@@ -145,7 +150,7 @@ class Study:
         """Train one run, reuse a finished one of the same config or resume an unfinished one from its latest
         checkpoint (step budgets only); its record: folder, steps, seconds (of this session's training)."""
         cfg = self.config(extra, seed)
-        run_dir = self.out / "runs" / f"{re.sub(r'[^A-Za-z0-9=._+-]+', '-', variant).strip('-')}-seed{seed}"
+        run_dir = self.out / "runs" / f"{slug(variant)}-seed{seed}"
         done = run_dir / "train.json"
         same = (run_dir / "config.toml").is_file() and load_config(run_dir / "config.toml") == cfg
         if same and done.is_file():  # (the folder may have moved since)
@@ -216,8 +221,8 @@ class Study:
             return []
         if self.image:
             for variant, x in samples.items():
-                plot_image_grid(x.numpy(), self.out / f"samples-{variant}.png")
-            return [f"samples-{v}.png" for v in samples]
+                plot_image_grid(x.numpy(), self.out / f"samples-{slug(variant)}.png")
+            return [f"samples-{slug(v)}.png" for v in samples]
         if self.dataset.data_shape == (2,):
             plot_scatter({v: x.numpy() for v, x in samples.items()}, self.out / "samples.png",
                          reference=self.dataset.x[:5000].numpy())
