@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 from ..checkpoint import list_checkpoints
 from ..config import load_config
@@ -31,6 +30,7 @@ from ..process import q_sample
 from ..runs import load_run
 from ..samplers import sample
 from ..training import Trainer
+from .tables import by_variant, compare, describe_tests, mean_std
 
 CLAIM = ("002 Fig. 2-4: soft mixture denoising (SMD) makes a DDPM fit the Gaussian grid better, most of all with "
          "few sampling steps, and more eta draws per training step (n_eta) improve it further")
@@ -114,10 +114,6 @@ def _snapshots(s: dict, out: Path, data, progress: bool) -> None:
         plot_scatter(dict(row), out / f"scatter_{name}.png", reference=data.x[:3000].numpy())
 
 
-def _fmt(v) -> str:
-    return f"{np.mean(v):.4g} ± {np.std(v, ddof=1):.2g}" if len(v) > 1 else f"{v[0]:.4g}"
-
-
 def run(out: Path, scale: str = "small", seeds: int | None = None, progress: bool = True, **_) -> Path:
     s = SCALES[scale]
     seeds = seeds or s["seeds"]
@@ -139,7 +135,7 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
                                                              np.std(cell(v, k, c), ddof=1) if seeds > 1 else "")),
                             seeds])
     table = ("| variant | sampling steps | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols) + "\n" +
-             "".join(f"| {v} | {k} | " + " | ".join(_fmt(cell(v, k, c)) for c in cols) + " |\n"
+             "".join(f"| {v} | {k} | " + " | ".join(mean_std(cell(v, k, c)) for c in cols) + " |\n"
                      for v in VARIANTS for k in s["sampling"]))
     (out / "table.md").write_text(table)
     fig, axes = plt.subplots(1, len(QUALITY), figsize=(4.2 * len(QUALITY), 3.4), squeeze=False)
@@ -154,14 +150,11 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     fig.savefig(out / "quality_vs_steps.png", dpi=110)
     plt.close(fig)
     _snapshots(s, out, data, progress)
-    tests = []
-    if seeds > 1:
-        for v in ("smd", "smd-n_eta5", "smd-energy"):
-            for k in (s["sampling"][0], s["sampling"][-1]):
-                a, b = cell(v, k, "log_likelihood"), cell("ddpm", k, "log_likelihood")
-                p = stats.ttest_ind(a, b, equal_var=False).pvalue
-                tests.append(f"- {v} vs ddpm, {k} sampling steps, log-likelihood {np.mean(a):.3f} vs {np.mean(b):.3f}: "
-                             f"Welch p = {p:.3g}")
+    tests = {k: [t for v in ("smd", "smd-n_eta5", "smd-energy")
+                 for t in compare(by_variant([r for r in rows if r["sampling_steps"] == k], cols), "log_likelihood",
+                                  v, ["ddpm"], lower_better=False, alpha=0.05)]
+             for k in (s["sampling"][0], s["sampling"][-1])}
+    lines = "".join(describe_tests(ts, f"log-likelihood at {k} sampling steps") for k, ts in tests.items())
     report = out / "report.md"
     report.write_text(
         f"# smd-grid ({scale}, {seeds} seed{'s' if seeds > 1 else ''})\n\n**Claim.** {CLAIM}.\n\n"
@@ -169,24 +162,20 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
         f"{s['steps']} steps (cosine LR 2e-3, EMA 0.999) for every variant; SMD is the official variant (latent "
         f"16, two hypernet blocks); {s['samples']} samples per model and DDPM step count. eta_spread: RMS std of "
         f"the x0-prediction over {ETA_DRAWS} eta draws at t = T/2 (0 for DDPM); the exact posterior's is "
-        f"{exact_spread:.3g}.\n\n**Measured.**\n\n{table}\n" + ("\n".join(tests) + "\n\n" if tests else "") +
+        f"{exact_spread:.3g}.\n\n**Measured.**\n\n{table}\n" + (lines + "\n" if seeds > 1 else "") +
         "![quality vs sampling steps](quality_vs_steps.png)\n\nSamples over training (002 Fig. 2), seed 0:\n\n"
-        "![ddpm](scatter_ddpm.png)\n\n![smd](scatter_smd.png)\n\n**Reproduces?** " + _verdict(rows, s, seeds) + "\n")
+        "![ddpm](scatter_ddpm.png)\n\n![smd](scatter_smd.png)\n\n**Reproduces?** " + _verdict(tests, seeds) + "\n")
     return report
 
 
-def _verdict(rows: list[dict], s: dict, seeds: int) -> str:
+def _verdict(tests: dict[int, list[dict]], seeds: int) -> str:
+    """002 Fig. 3-4: SMD (and SMD with 5 eta draws) significantly better than DDPM with few steps."""
     if seeds < 2:
-        return "not decidable from one seed (run `--scale small`, 3 seeds)."
-    few, full = s["sampling"][0], s["sampling"][-1]
-    ll = {(r["variant"], r["sampling_steps"]): [] for r in rows}
-    for r in rows:
-        ll[(r["variant"], r["sampling_steps"])].append(r["log_likelihood"])
-    parts = []
-    for v in ("smd", "smd-n_eta5"):
-        for k in (few, full):
-            p = stats.ttest_ind(ll[(v, k)], ll[("ddpm", k)], equal_var=False).pvalue
-            better = np.mean(ll[(v, k)]) > np.mean(ll[("ddpm", k)])
-            parts.append(f"{v} at {k} steps: {'higher' if better else 'not higher'} log-likelihood than DDPM "
-                         f"({'significant' if p < 0.05 else 'not significant'}, p = {p:.3g})")
-    return "; ".join(parts) + "."
+        return "undecided: one seed (run `--scale small`, 3 seeds)."
+    few = [t for t in tests[min(tests)] if t["ours"] in ("smd", "smd-n_eta5")]
+    held = sum(t["significant"] for t in few)
+    word = "yes" if held == len(few) else "partly" if held else "no"
+    return f"{word}: " + "; ".join(
+        f"{t['ours']} at {k} steps: {'higher' if t['better'] else 'not higher'} log-likelihood than DDPM "
+        f"({'significant' if t['significant'] else 'not significant'}, p = {t['p']:.3g})"
+        for k, ts in tests.items() for t in ts if t["ours"] != "smd-energy") + "."
