@@ -17,6 +17,7 @@ from diffprop.metrics.features import get_extractor
 from diffprop.metrics.frechet import frechet_distance
 from diffprop.metrics.images import image_metrics
 from diffprop.metrics.kid import jackknife_se, kid, polynomial_kernel
+from diffprop.metrics.precision_recall import precision_recall
 from diffprop.metrics.stats import StreamingMoments
 
 
@@ -303,7 +304,7 @@ def test_image_metrics_record_what_makes_them_comparable():
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(40, 1, 8, 8, generator=g) * 2 - 1, torch.rand(300, 1, 8, 8, generator=g) * 2 - 1
     out = image_metrics(x, y, get_extractor("random-projection", (1, 8, 8), dim=8), num_reference=100)
-    assert {"fd", "kid", "kid_std", "kid_se", "mmd_rbf"} <= out.keys()
+    assert {"fd", "kid", "kid_std", "kid_se", "mmd_rbf", "precision", "recall", "f1"} <= out.keys()
     assert out["num_samples"] == 40 and out["num_reference"] == 100 and out["extractor"] == "random-projection"
     assert len(out["weights_hash"]) == 64 and "Gaussian matrix" in out["preprocessing"] and "warning" not in out
     assert "biased upward" in image_metrics(x[:5], y, get_extractor("pixels", (1, 8, 8)))["warning"]
@@ -311,6 +312,37 @@ def test_image_metrics_record_what_makes_them_comparable():
         image_metrics(x * float("nan"), y, get_extractor("pixels", (1, 8, 8)))
     with pytest.raises(DiffpropError, match="at least 3 images on each side, got 0 samples"):
         image_metrics(x[:0], y, get_extractor("pixels", (1, 8, 8)))
+
+
+# ---- improved precision and recall ----------------------------------------------------------------------------
+
+def test_precision_recall_by_hand():
+    # reference 0..4 with k = 1: every radius is 1, so only the sample 0.5 is inside (precision 1/4); the samples'
+    # radii are 9.5 (for 0.5) and 0.5, and the ball of radius 9.5 around 0.5 holds every reference point (recall 1)
+    y = torch.arange(5.0)[:, None]
+    x = torch.tensor([[0.5], [10.0], [10.5], [11.0]])
+    out = precision_recall(x, y, k=1)
+    assert out["precision"] == 0.25 and out["recall"] == 1.0 and out["f1"] == pytest.approx(0.4)
+    # swapped roles: reference radii 9.5/0.5/0.5/0.5 cover all of 0..4; sample radii 1 reach only 0.5
+    out = precision_recall(y, x, k=1)
+    assert out["precision"] == 1.0 and out["recall"] == 0.25
+
+
+def test_precision_recall_limits():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(500, 8, generator=g)
+    same = precision_recall(y.clone(), y)
+    assert same["precision"] == same["recall"] == same["f1"] == 1.0
+    collapsed = precision_recall(y[:1].repeat(50, 1), y)  # mode collapse: all real-looking, nothing covered
+    assert collapsed["precision"] == 1.0 and collapsed["recall"] == 1 / 500
+    far = precision_recall(y + 100, y)
+    assert far["precision"] == far["recall"] == far["f1"] == 0.0
+    fresh = precision_recall(torch.randn(500, 8, generator=g), y)  # same distribution: both high, neither perfect
+    assert 0.6 < fresh["precision"] < 1 and 0.6 < fresh["recall"] < 1
+    wide = precision_recall(2 * torch.randn(500, 8, generator=g), y)  # over-dispersed: precision drops, recall holds
+    assert wide["precision"] < fresh["precision"] - 0.3 and wide["recall"] > 0.9
+    with pytest.raises(DiffpropError, match="more than 3 points on each side, got 3 samples"):
+        precision_recall(y[:3], y)
 
 
 # ---- diffprop evaluate on images -------------------------------------------------------------------------------

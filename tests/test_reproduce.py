@@ -1,10 +1,12 @@
 """Reproductions run end to end at tiny scale through the CLI and write their table, figures and report; `report`
 gathers them into Markdown and HTML; bad input fails in one line."""
 import csv
+import json
 import math
 import re
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,7 +77,12 @@ def test_table1_rows_per_variant_and_verdict(tiny):
     assert all(0 <= float(r["high_quality_fraction"]) <= 1 for r in rows)
     text = _report(tiny["epdm-table1"])
     assert "**Reproduces?** undecided" in text and "no t-test (one seed)" in text and "samples.png" in text
-    assert len(list((tiny["epdm-table1"] / "runs").iterdir())) == len(epdm_table1.VARIANTS)
+    records = json.loads((tiny["epdm-table1"] / "runs.json").read_text())
+    own = [r for r in records if not r.get("shared")]
+    assert len(list((tiny["epdm-table1"] / "runs").iterdir())) == len(own)
+    # ddpm (and ddpm+epdm) of the same tiny config were trained by epdm-fig2 / epdm-fig3 beside it and reused
+    assert {r["variant"] for r in records if r.get("shared")} == {"ddpm", "ddpm+epdm"}
+    assert all(Path(r["dir"]).parent.parent.parent == tiny["epdm-table1"].parent for r in records)
 
 
 def test_table2_two_seeds_give_spreads_and_t_tests(tiny):

@@ -3,13 +3,14 @@ backbone and budget; each trained model sampled and scored, and optionally measu
 
 A :class:`Scale` fixes the data, T, backbone, budget and evaluation sizes; a :class:`Study` is one reproduction at
 one scale writing into one folder. A run that already finished with the same config is reused, so an interrupted
-reproduction continues where it stopped.
+reproduction continues where it stopped; so is one that a sibling reproduction (a folder beside ``out``) finished.
 """
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -155,6 +156,9 @@ class Study:
         same = (run_dir / "config.toml").is_file() and load_config(run_dir / "config.toml") == cfg
         if same and done.is_file():  # (the folder may have moved since)
             return {"variant": variant, "seed": seed, **json.loads(done.read_text()), "dir": str(run_dir)}
+        if not same and (other := self.finished_elsewhere(cfg)) is not None:
+            return {"variant": variant, "seed": seed, **json.loads((other / "train.json").read_text()),
+                    "dir": str(other), "shared": True}
         resume = "latest" if same and not cfg.train.time_budget and list_checkpoints(run_dir) else None
         if resume is None:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -168,6 +172,30 @@ class Study:
         done.write_text(json.dumps(record))
         return {"variant": variant, "seed": seed, **record}
 
+    def finished_elsewhere(self, cfg: Config) -> Path | None:
+        """A finished run of config ``cfg`` made by a sibling reproduction (``OUT/../*/runs/*``): 002's Table 1, Fig. 3
+        and Fig. 4 train the same DDPM and SMD models, so each is trained once."""
+        for done in sorted(self.out.parent.glob("*/runs/*/train.json")):
+            run_dir = done.parent
+            if run_dir.parent.parent.resolve() == self.out.resolve():
+                continue
+            try:
+                if load_config(run_dir / "config.toml") == cfg:
+                    return run_dir
+            except DiffpropError:  # not a run of ours
+                continue
+        return None
+
+    def time_per_step(self, variants: dict[str, list[str]], rounds: int, steps: int) -> dict[str, float]:
+        """Milliseconds per training step of each variant (seed 0's config), measured side by side: every round
+        times ``steps`` steps of each variant in turn, so load on the machine falls on all alike."""
+        from ..bench.train_overhead import time_side_by_side
+
+        with tempfile.TemporaryDirectory() as tmp:
+            trainers = {v: Trainer(self.config(extra, 0), Path(tmp) / slug(v), progress=False)
+                        for v, extra in variants.items()}
+            return {v: 1e3 * s for v, s in time_side_by_side(trainers, rounds, steps).items()}
+
     # -- evaluation -----------------------------------------------------------------------------------
     @cached_property
     def extractor(self):
@@ -180,11 +208,13 @@ class Study:
     def device(self) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
-    def draw(self, denoiser, num: int, seed: int) -> torch.Tensor:
-        """``num`` DDPM samples (T steps, sigma_t^2 = beta_t as in 000; images clip x0 to [-1, 1])."""
-        return sample(denoiser.to(self.device), num, tuple(self.dataset.data_shape), seed=seed, device=self.device,
-                      batch_size=SAMPLE_BATCH, progress=self.progress, var_type="beta",
-                      clip_x0=1.0 if self.image else None).x.float().cpu()
+    def draw(self, denoiser, num: int, seed: int, sampler: str = "ddpm", steps: int | None = None) -> torch.Tensor:
+        """``num`` samples: DDPM with T steps (sigma_t^2 = beta_t as in 000) unless ``sampler`` / ``steps`` (respaced)
+        say otherwise; images clip x0 to [-1, 1]."""
+        options = {"var_type": "beta"} if sampler == "ddpm" else {}
+        return sample(denoiser.to(self.device), num, tuple(self.dataset.data_shape), sampler=sampler, steps=steps,
+                      seed=seed, device=self.device, batch_size=SAMPLE_BATCH, progress=self.progress,
+                      clip_x0=1.0 if self.image else None, **options).x.float().cpu()
 
     def quality(self, x: torch.Tensor, seed: int) -> dict:
         if self.image:

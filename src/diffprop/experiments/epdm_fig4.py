@@ -2,14 +2,11 @@
 quality improves and levels off while the time per training step keeps growing."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
-from ..bench.train_overhead import time_side_by_side
-from ..training import Trainer
 from . import common
 from .epdm_table1 import EPDM
 from .figures import plot_tradeoff
@@ -24,20 +21,11 @@ MINUTES = {"tiny": 0.4, "small": 45}  # measured: 41 min (2 shared cores)
 TIMING = {"tiny": (2, 3), "small": (5, 10), "paper": (5, 20)}  # (rounds, steps per round) of the timing
 
 
-def time_per_step(study, scale: str) -> dict[str, float]:
-    """Milliseconds per training step of each L, measured side by side (every round times each L in turn)."""
-    rounds, steps = TIMING[scale]
-    with tempfile.TemporaryDirectory() as tmp:
-        trainers = {v: Trainer(study.config(extra, 0), Path(tmp) / v.replace("=", ""), progress=False)
-                    for v, extra in VARIANTS.items()}
-        return {v: 1e3 * s for v, s in time_side_by_side(trainers, rounds, steps).items()}
-
-
 def run(out: Path, scale: str = "small", seeds: int | None = None, progress: bool = True, **options) -> Path:
     study = common.Study("epdm-fig4", out, scale, SCALES[scale], seeds, progress, **options)
     study.announce(VARIANTS)
     rows = study.train_and_score(VARIANTS)
-    ms = time_per_step(study, scale)
+    ms = study.time_per_step(VARIANTS, *TIMING[scale])
     for r in rows:
         r["ms_per_step (side by side)"] = ms[r["variant"]]
     cols = ["ms_per_step (side by side)", "ms_per_step", *study.columns]

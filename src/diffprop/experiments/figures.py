@@ -8,14 +8,16 @@ import numpy as np
 from ..plots import _save, plt
 
 
-def plot_tradeoff(L: list[int], quality: list[np.ndarray], metric: str, ms: list[float], out: Path) -> Path:
-    """000 Fig. 4: quality (mean ± std over seeds) and time per training step against L."""
+def plot_tradeoff(L: list[int], quality: list[np.ndarray], metric: str, ms: list[float], out: Path,
+                  xlabel: str = "L (bootstrapping steps)") -> Path:
+    """000 Fig. 4 (and 002 Fig. 4): quality (mean ± std over seeds) and time per training step against L (or
+    another cost knob, ``xlabel``)."""
     fig, ax = plt.subplots(1, 2, figsize=(8, 3.2))
     ax[0].errorbar(L, [np.mean(q) for q in quality], yerr=[np.std(q, ddof=1) if len(q) > 1 else 0 for q in quality],
                    marker="o", capsize=3)
-    ax[0].set(xlabel="L (bootstrapping steps)", ylabel=f"{metric} (lower is better)", title="quality")
+    ax[0].set(xlabel=xlabel, ylabel=f"{metric} (lower is better)", title="quality")
     ax[1].plot(L, ms, "o-", color="C1")
-    ax[1].set(xlabel="L (bootstrapping steps)", ylabel="ms per training step", title="time per step", ylim=(0, None))
+    ax[1].set(xlabel=xlabel, ylabel="ms per training step", title="time per step", ylim=(0, None))
     return _save(fig, out)
 
 

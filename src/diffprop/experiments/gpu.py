@@ -7,6 +7,7 @@ How it is estimated (a guide, not a promise; real throughput varies 2-3x with th
 - both scale with the pixel count over 32 x 32, the batch over 128 and T over 1000;
 - a regularized step costs the vanilla step times the regularizer's relative step cost, measured side by side on CPU
   with the tiny U-Net on digits (``RELATIVE``; ``diffprop bench regularizers`` measures the same ratios);
+- SMD multiplies the denoising loss's cost by its network's relative cost (``SMD_NET``) times ``n_eta``;
 - a propagation curve of N chains costs about N samples.
 """
 from __future__ import annotations
@@ -24,11 +25,16 @@ SAMPLE_V100_S = 8 * 17 / 256  # ... and 256 samples (T = 1000) in 17 s
 # fit over L in {1, 3, 5, 7, 10} gives 1.07 per step with E[s - t] = (L + 1) / 2 steps (gradients through all).
 EPDM_PER_CHAIN_STEP = 1.07
 EXTRA = {"consistency": 4.9, "fokker_planck": 7.4, "input_perturbation": 0.77}
+# SMD's network per forward+backward relative to the plain U-Net (``diffprop bench smd``, tiny U-Net on digits, batch
+# 128, 8 interleaved rounds: 141 / 110 ms official, 109 / 110 ms embedding); n_eta draws multiply the denoising loss
+SMD_NET = {"official": 1.28, "embedding": 1.0}
 
 
 def relative_step_cost(cfg: Config) -> float:
     """A training step of ``cfg`` in units of a vanilla (denoising-loss only) step."""
     cost = 1.0 if cfg.objective.lambda_nl or not cfg.objective.regularizers else 0.0
+    if cfg.model.smd:
+        cost *= SMD_NET[cfg.smd.variant] * cfg.smd.n_eta
     for name in cfg.objective.regularizers:
         if name == "epdm":
             L = cfg.epdm.L or EPDM_PRESETS[cfg.epdm.preset]["L"]

@@ -1,3 +1,4 @@
 """Sample-quality metrics: exact and toy metrics (:mod:`.toy`); image metrics on features (:mod:`.images`):
 extractors (:mod:`.features`, :mod:`.digits_classifier`, :mod:`.inception`), streaming moments (:mod:`.stats`),
-Fréchet distance (:mod:`.frechet`) and KID (:mod:`.kid`)."""
+Fréchet distance (:mod:`.frechet`) KID (:mod:`.kid`) and
+improved precision / recall (:mod:`.precision_recall`)."""

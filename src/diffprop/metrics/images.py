@@ -1,6 +1,7 @@
 """Image metrics of samples against reference images in one feature space: ``fd`` (Fréchet distance, "FID" when
 the features are Inception's), ``kid`` with ``kid_std`` and ``kid_se``, and ``mmd_rbf`` (unbiased, median
-bandwidth, on at most ``MMD_POINTS`` features per side). The result records both N, the extractor, its weights
+bandwidth, on at most ``MMD_POINTS`` features per side), ``precision``, ``recall`` and their harmonic mean ``f1``
+(:mod:`.precision_recall`, k = 3). The result records both N, the extractor, its weights
 hash and its preprocessing, so two numbers are comparable only when those agree.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from ..errors import DiffpropError
 from .features import FeatureExtractor
 from .frechet import frechet_distance
 from .kid import kid
+from .precision_recall import precision_recall
 from .stats import StreamingMoments
 from .toy import MMD_POINTS
 
@@ -44,7 +46,7 @@ def image_metrics(samples: torch.Tensor, reference: torch.Tensor, extractor: Fea
     py = fy[torch.randperm(len(fy), generator=g)[:MMD_POINTS]]
     out = {"fd": frechet_distance(mx.mean.numpy(), mx.cov.numpy(), my.mean.numpy(), my.cov.numpy()),
            **kid(fx, fy, kid_subsets, kid_subset_size, seed),
-           "mmd_rbf": float(mmd(px, py, "rbf")),
+           "mmd_rbf": float(mmd(px, py, "rbf")), **precision_recall(fx, fy, seed=seed),
            "num_samples": mx.n, "num_reference": my.n, **extractor.describe()}
     if min(mx.n, my.n) <= extractor.dim:
         out["warning"] = (f"N = {min(mx.n, my.n)} <= feature dim {extractor.dim}: the covariances are singular and fd "
