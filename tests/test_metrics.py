@@ -367,6 +367,7 @@ def test_evaluate_digits_end_to_end(classifier_cache, tmp_path, capsys, monkeypa
     assert metrics["noise"]["fd"] > 30 * metrics["data"]["fd"]
     assert abs(metrics["data"]["kid"]) < 3 * metrics["data"]["kid_se"]
     assert metrics["noise"]["kid"] > 10 * metrics["noise"]["kid_se"]
+    assert metrics["data"]["precision"] > 0.9 and metrics["noise"]["precision"] < 0.1  # noise looks like no digit
     code, out, err = run(["evaluate", tmp_path / "data.npz", "--dataset", "digits", "--features", "pixels",
                           "--out", tmp_path / "p.json"], capsys)
     assert code == 0, err

@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="metrics of a samples file against a dataset",
                        description="Gaussian-mixture data: mode_coverage, high_quality_fraction (within 4 std of "
                        "a mean), mode weights, within-mode spread, exact log-likelihood, mmd_rbf; images: fd, kid "
-                       "(with kid_std, kid_se) and mmd_rbf on features, recording the extractor, its weights hash "
+                       "(with kid_std, kid_se), precision, recall, f1 (Kynkaanniemi et al. 2019, k = 3) and mmd_rbf "
+                       "on features, recording the extractor, its weights hash "
                        "and preprocessing; other data: mmd_rbf, sliced_wasserstein.")
     e.add_argument("samples", help=".npz written by `diffprop sample`")
     e.add_argument("--dataset", required=True, help="dataset the samples should match, e.g. gmm-grid")
