@@ -70,15 +70,31 @@ def plot_samples(samples: np.ndarray, out: str | Path, reference: np.ndarray | N
     return None
 
 
+def _floor_axes(ax, t, floor, ylabel: str, title: str) -> None:
+    """The axes every propagation panel shares: the permutation noise floor shaded (when given), a symmetric-log y
+    axis linear inside it (so unbiased estimates below zero stay visible), log t running right to left."""
+    linthresh = 1e-6
+    if floor is not None:
+        ax.fill_between(t, -floor, floor, color="0.85", label="noise floor (95%)")
+        linthresh = float(np.nanmedian(floor)) / 4 or linthresh
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.set(xscale="log", xlabel="t (module index; sampling runs right to left)", ylabel=ylabel, title=title)
+    ax.invert_xaxis()
+
+
+def _panels_done(fig, axes, title: str, out) -> Path:
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, out)
+
+
 def plot_propagation(result, out: str | Path, reference=None, title: str = "") -> Path:
     """One panel per kernel: cumulative, modular and bootstrapped MMD^2 against t, the cumulative curve's
-    permutation noise floor shaded, and a reference model's cumulative curve dashed. The y axis is
-    symmetric-log, linear inside the noise floor, so unbiased estimates below zero stay visible."""
+    permutation noise floor shaded, and a reference model's cumulative curve dashed."""
     kernels = result.kernels
     fig, axes = plt.subplots(1, len(kernels), figsize=(4.2 * len(kernels), 3.6), squeeze=False)
     for ax, k in zip(axes[0], kernels):
-        t, floor = result.column(k, "floor")
-        ax.fill_between(t, -floor, floor, color="0.85", label="noise floor (95%)")
         for name, style in (("cumulative", "-o"), ("modular", "-s"), ("bootstrapped", ":^")):
             tt, v = result.column(k, name)
             line, = ax.plot(tt, v, style, ms=3, label=name)
@@ -87,35 +103,23 @@ def plot_propagation(result, out: str | Path, reference=None, title: str = "") -
                 ax.fill_between(tt, v - sd, v + sd, color=line.get_color(), alpha=0.2, lw=0)
         if reference is not None and k in reference.kernels:
             ax.plot(*reference.column(k, "cumulative"), "k--", lw=1, label="oracle cumulative")
-        ax.set_yscale("symlog", linthresh=float(np.nanmedian(floor)) / 4 or 1e-6)
-        ax.set(xscale="log", xlabel="t (module index; sampling runs right to left)", ylabel="MMD$^2$", title=k)
-        ax.invert_xaxis()
-    axes[0][0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return _save(fig, out)
+        _floor_axes(ax, *result.column(k, "floor"), "MMD$^2$", k)
+    return _panels_done(fig, axes, title, out)
 
 
 def plot_cumulative(curves: dict[str, dict], out: str | Path, reference=None, title: str = "") -> Path:
     """Several models' cumulative error ``D_t^cumu`` side by side, one panel per kernel:
     ``curves[model][kernel] = (t, mean, std or None)``; a reference (the exact oracle's :class:`Propagation`)
-    dashed, with its permutation noise floor shaded. Symmetric-log y axis, linear inside the floor."""
+    dashed, with its permutation noise floor shaded."""
     kernels = list(next(iter(curves.values())))
     fig, axes = plt.subplots(1, len(kernels), figsize=(4.5 * len(kernels), 3.6), squeeze=False)
     for ax, k in zip(axes[0], kernels):
         for name, per in curves.items():
             t, v, sd = per[k]
             ax.errorbar(t, v, yerr=sd, marker="o", ms=3, capsize=2, label=name)
-        linthresh = 1e-6
+        floor = (None, None)
         if reference is not None and k in reference.kernels:
-            t, floor = reference.column(k, "floor")
             ax.plot(*reference.column(k, "cumulative"), "k--", lw=1, label="oracle")
-            ax.fill_between(t, -floor, floor, color="0.85", label="noise floor (95%)")
-            linthresh = float(np.nanmedian(floor)) / 4 or linthresh
-        ax.set_yscale("symlog", linthresh=linthresh)
-        ax.set(xscale="log", xlabel="t (sampling runs right to left)", ylabel="$D_t^{cumu}$ (MMD$^2$)", title=k)
-        ax.invert_xaxis()
-    axes[0][0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return _save(fig, out)
+            floor = reference.column(k, "floor")
+        _floor_axes(ax, *floor, "$D_t^{cumu}$ (MMD$^2$)", k)
+    return _panels_done(fig, axes, title, out)
