@@ -1,9 +1,10 @@
 """Reproductions of the papers' experiments, run by ``diffprop reproduce NAME``.
 
 Each experiment is a module with a one-line ``CLAIM``, its ``SCALES``, estimated ``MINUTES`` per CPU scale (2 CPU
-cores) and ``run(out: Path, scale: str, seeds: int | None, progress: bool, **options) -> Path`` (the report it
-wrote); ``options`` are ``data``, ``inception_weights`` and ``force`` where it accepts them. The shared harness is
-:mod:`.common`.
+cores), optionally ``VARIANTS``, ``CURVES`` (propagation curves per run) and ``PASSES`` (T-step sampling passes per
+model) for the paper-scale estimate, and ``run(out: Path, scale: str, seeds: int | None, progress: bool,
+**options) -> Path`` (the report it wrote); ``options`` are ``data``, ``inception_weights`` and ``force`` where it
+accepts them. The shared harness is :mod:`.common`.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _times(mod) -> str:
     if "paper" in mod.SCALES:
         from .common import paper_hours
 
-        hours = paper_hours(mod.SCALES["paper"], mod.VARIANTS, getattr(mod, "CURVES", 0)) \
+        hours = paper_hours(mod.SCALES["paper"], mod.VARIANTS, getattr(mod, "CURVES", 0), getattr(mod, "PASSES", 1)) \
             if hasattr(mod, "VARIANTS") else None
         out += "; paper " + (f"~{hours:,.0f} V100-hours on CIFAR-10" if hours else "on GPUs")
     return out

@@ -79,10 +79,11 @@ def config_for(s: Scale, data: str, image: bool, extra: list[str], seed: int) ->
                               f"seed={seed}"])
 
 
-def paper_hours(s: Scale, variants: dict[str, list[str]], curves: int = 0) -> float:
-    """The V100-hour estimate (:mod:`.gpu`) of ``variants`` at the (paper) scale ``s`` on CIFAR-10."""
+def paper_hours(s: Scale, variants: dict[str, list[str]], curves: int = 0, passes: float = 1.0) -> float:
+    """The V100-hour estimate (:mod:`.gpu`) of ``variants`` at the (paper) scale ``s`` on CIFAR-10; ``passes``: how
+    many T-step sampling passes of ``s.samples`` each model gets."""
     configs = [config_for(s, "cifar10:PATH", True, v, 0) for v in variants.values()]
-    h = gpu.gpu_hours(configs, s.seeds, s.samples, curves * s.num, (3, 32, 32))
+    h = gpu.gpu_hours(configs, s.seeds, round(passes * s.samples), curves * s.num, (3, 32, 32))
     return h["train"] + h["sample"]
 
 
@@ -137,12 +138,14 @@ class Study:
     def config(self, extra: list[str], seed: int) -> Config:
         return config_for(self.scale, self.data_name, self.image, extra, seed)
 
-    def announce(self, variants: dict[str, list[str]], curves: int = 0) -> None:
-        """Paper scale: print the GPU-hour estimate, then refuse a CPU unless forced."""
+    def announce(self, variants: dict[str, list[str]], curves: int = 0, passes: float = 1.0) -> None:
+        """Paper scale: print the GPU-hour estimate (``passes`` T-step sampling passes per model), then refuse a
+        CPU unless forced."""
         if not self.scale.gpu:
             return
         configs = [self.config(v, 0) for v in variants.values()]
-        log(gpu.describe(configs, self.seeds, self.scale.samples, curves * self.scale.num, self.dataset.data_shape))
+        log(gpu.describe(configs, self.seeds, round(passes * self.scale.samples), curves * self.scale.num,
+                         self.dataset.data_shape))
         if not torch.cuda.is_available() and not self.force:
             raise DiffpropError(f"{self.name} --scale {self.scale_name} needs a CUDA GPU (estimate above); "
                                 f"--force runs it here anyway")

@@ -25,6 +25,7 @@ SAMPLERS = ("ddpm", "ddim")  # DDIM with eta = 0 (deterministic)
 STEPS = {"tiny": (5, 20), "small": (10, 25, 50, 100, 250), "paper": (50, 100, 200, 500, 1000)}
 MINUTES = {"tiny": 0.3, "small": 30}  # with smd-table1's runs already trained (else add its 50)
 QUALITY = ("f1", "precision", "recall", "fd")
+PASSES = len(SAMPLERS) * sum(STEPS["paper"]) / 1000  # sampling cost per model at paper scale, in T-step passes
 
 
 def run(out: Path, scale: str = "small", seeds: int | None = None, progress: bool = True, **options) -> Path:
@@ -32,7 +33,7 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     if not study.image:
         raise DiffpropError(f"smd-fig3 scores images (F1 on image features); {study.data_name} is not an "
                                    f"image dataset")
-    study.announce(VARIANTS)
+    study.announce(VARIANTS, passes=len(SAMPLERS) * sum(STEPS[scale]) / study.scale.T)
     rows = []
     for seed in range(study.seeds):
         for variant, extra in VARIANTS.items():
@@ -54,7 +55,8 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     return write_report(study.out, study.title, CLAIM,
                         f"{study.describe(scored=False)} Each model is sampled with DDPM (sigma_t^2 = beta_t) and "
                         f"DDIM (eta = 0) respaced to K in {list(STEPS[scale])}, {study.scale.samples} samples each; "
-                        f"F1, precision and recall (k = 3) and the Fréchet distance on {study.extractor.name} features.",
+                        f"F1, precision and recall (k = 3) and the Fréchet distance on {study.extractor.name} "
+                        "features.",
                         table + "\n" + lines, {"quality_vs_steps.png": "quality against sampling steps"},
                         verdict(tests, STEPS[scale], study.seeds))
 

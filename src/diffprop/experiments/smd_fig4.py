@@ -64,6 +64,6 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
         study.describe() + f" DDPM + SMD (official design) with n_eta in {n_eta}: each example's loss averaged over "
         "n_eta draws of eta (002 Alg. 1). Time per step measured side by side (each round times every n_eta in turn).",
         measured, {"tradeoff.png": "quality and time vs n_eta"},
-        f"{word}: time per step {'grows linearly' if time_ok else 'does not grow linearly'} with n_eta; "
-        f"{study.metric} {'falls monotonically and significantly' if quality_ok else 'does not fall monotonically and significantly'}"
-        f" ({100 * rel:+.1f} % at n_eta = {n_eta[-1]}).")
+        f"{word}: time per step {'grows' if time_ok else 'does not grow'} linearly with n_eta; {study.metric} "
+        f"{'falls' if quality_ok else 'does not fall'} monotonically and significantly ({100 * rel:+.1f} % at "
+        f"n_eta = {n_eta[-1]}).")
