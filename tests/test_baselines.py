@@ -11,6 +11,7 @@ import torch
 
 from diffprop.cli import main
 from diffprop.config import load_config
+from diffprop.errors import DiffpropError
 from diffprop.losses import DenoisingLoss, Objective
 from diffprop.losses.consistency import Consistency, sub_chain
 from diffprop.losses.fokker_planck import FokkerPlanck, divergence
@@ -76,14 +77,34 @@ def test_sub_chain_is_an_evenly_spaced_decreasing_path_from_t_to_t_prev():
     assert steps.tolist() == [5, 2, 1, 2]
 
 
-def test_consistency_of_the_exact_oracle_is_at_its_noise_floor_and_a_bias_moves_it():
-    reg = Consistency(steps=5, window=20)
-    exact = batch_means(reg)
+@pytest.mark.parametrize("t_dist", ["uniform", "edm"])
+def test_consistency_of_the_exact_oracle_is_at_its_noise_floor_and_a_bias_moves_it(t_dist):
+    reg = Consistency(steps=5, window=20, t_dist=t_dist)
+    # edm draws mostly small sigma_t, where an eps bias b moves the x0-prediction by only ~ sigma_t b: more batches
+    batches = 100 if t_dist == "uniform" else 300
+    exact = batch_means(reg, batches=batches)
     assert abs(exact[0]) < 3 * exact[1], exact  # the exact denoiser is a reverse martingale (003 Lemma 3.1)
-    biased = batch_means(reg, eps_bias=0.5, seed=1)
+    biased = batch_means(reg, eps_bias=0.5, seed=1, batches=batches)
     assert z_score(exact, biased) > 5, (exact, biased)
-    # detection sensitivity at batch 256 over 100 batches: eps_bias 0.02 is clear (z ~ 14; 0.01 gives z ~ 4)
-    assert z_score(exact, batch_means(reg, eps_bias=0.02, seed=1)) > 5
+    if t_dist == "uniform":
+        # detection sensitivity at batch 256 over 100 batches: eps_bias 0.02 is clear (z ~ 14; 0.01 gives z ~ 4);
+        # it comes from t near T, where the x0-prediction magnifies an eps error ~158-fold
+        assert z_score(exact, batch_means(reg, eps_bias=0.02, seed=1)) > 5
+
+
+def test_consistency_edm_noise_levels():
+    """``t_dist = "edm"``: sigma_t = sqrt((1 - abar_t) / abar_t) of the drawn t follows EDM's logN(-1.2, 1.2)
+    (quartiles -1.2 -+ 0.809) up to one step of the chain; t stays in 2..T."""
+    t = Consistency().draw_t(SCHEDULE, 20000, torch.Generator().manual_seed(0), "cpu")
+    assert 2 <= int(t.min()) and int(t.max()) <= SCHEDULE.T
+    abar = SCHEDULE.alpha_bars[t]
+    log_sigma = ((1 - abar) / abar).sqrt().log()
+    q = torch.quantile(log_sigma, torch.tensor([0.25, 0.5, 0.75], dtype=log_sigma.dtype))
+    assert torch.allclose(q, torch.tensor([-1.2 - 0.809, -1.2, -1.2 + 0.809], dtype=q.dtype), atol=0.05), q
+    uniform = Consistency(t_dist="uniform").draw_t(SCHEDULE, 20000, torch.Generator().manual_seed(0), "cpu")
+    assert abs(uniform.double().mean() - 501) < 10  # U{2..T}
+    with pytest.raises(DiffpropError, match="t_dist must be one of edm, uniform, got 'lognormal'"):
+        Consistency(t_dist="lognormal")
 
 
 def test_consistency_gradient_flows_into_both_predictions_but_not_the_trajectories():

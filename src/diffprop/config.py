@@ -133,10 +133,12 @@ class EPDMConfig:
 @dataclass
 class ConsistencyConfig:
     """Consistent Diffusion Models (003 Sec. 4), as the public code does it."""
-    weight: float = _f(0.1, "lambda (the public code's 10.0 is on the EDM scale; why 0.1 here: the docstring "
-                       "of diffprop.losses.consistency)", min=0.0)
+    weight: float = _f(1.0, "lambda (the public code's is on the EDM scale; why 1.0 here, and 0.1 for t_dist = "
+                       "uniform: the docstring of diffprop.losses.consistency)", min=0.0)
     steps: int = _f(5, "reverse steps from t down to t' (no gradient on the path)", min=1)
     window: int = _f(20, "t' is drawn in [t - window, t - 1]", min=1)
+    t_dist: str = _f("edm", "how t is drawn: edm = the public code's noise levels (EDM's sigma ~ logN(-1.2, 1.2) in "
+                     "x0 units, mapped onto the chain), uniform = t ~ U{2..T}", choices=("edm", "uniform"))
 
 
 @dataclass
