@@ -74,6 +74,7 @@ def test_fig4_time_and_quality_per_n_eta(digits):
     assert all(float(r["ms_per_step (side by side)"]) > 0 and math.isfinite(float(r["fd"])) for r in rows)
     text = (digits["smd-fig4"] / "report.md").read_text()
     assert "linear fit" in text and "tradeoff.png" in text and _verdict(digits["smd-fig4"]) == "undecided"
+    assert "measured side by side for n_eta in [1, 2, 3]" in text  # timing covers more n_eta than training
 
 
 def test_fig2_checkpoints_over_training_two_seeds(tmp_path, capsys):

@@ -9,14 +9,14 @@ from ..plots import _save, plt
 
 
 def plot_tradeoff(L: list[int], quality: list[np.ndarray], metric: str, ms: list[float], out: Path,
-                  xlabel: str = "L (bootstrapping steps)") -> Path:
+                  xlabel: str = "L (bootstrapping steps)", time_L: list[int] | None = None) -> Path:
     """000 Fig. 4 (and 002 Fig. 4): quality (mean ± std over seeds) and time per training step against L (or
-    another cost knob, ``xlabel``)."""
+    another cost knob, ``xlabel``); ``time_L``: the knob's values of ``ms`` when they differ from ``L``."""
     fig, ax = plt.subplots(1, 2, figsize=(8, 3.2))
     ax[0].errorbar(L, [np.mean(q) for q in quality], yerr=[np.std(q, ddof=1) if len(q) > 1 else 0 for q in quality],
                    marker="o", capsize=3)
     ax[0].set(xlabel=xlabel, ylabel=f"{metric} (lower is better)", title="quality")
-    ax[1].plot(L, ms, "o-", color="C1")
+    ax[1].plot(L if time_L is None else time_L, ms, "o-", color="C1")
     ax[1].set(xlabel=xlabel, ylabel="ms per training step", title="time per step", ylim=(0, None))
     return _save(fig, out)
 
