@@ -153,6 +153,11 @@ def test_unfinished_run_resumes_from_its_checkpoint(tmp_path):
     assert record["steps"] == 20 and (run_dir / "marker").is_file()  # resumed in place, not retrained
     study.train("v", ["train.lr=1e-4"], 0)  # another config: trained afresh
     assert not (run_dir / "marker").exists()
+    # a run made before an option existed (its config.toml lacks the key) is not one made with today's default
+    toml = run_dir / "config.toml"
+    toml.write_text("".join(line for line in toml.read_text().splitlines(True) if not line.startswith("t_dist")))
+    (run_dir / "marker").touch()
+    assert study.train("v", ["train.lr=1e-4"], 0)["steps"] == 20 and not (run_dir / "marker").exists()
 
 
 def test_epdm_quick_tiny(tmp_path, capsys):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import list_checkpoints
-from ..config import Config, load_config
+from ..config import Config, load_config, read_toml
 from ..data import load_dataset
 from ..diagnostics.propagation import Propagation, propagation
 from ..errors import DiffpropError
@@ -85,6 +85,16 @@ def paper_hours(s: Scale, variants: dict[str, list[str]], curves: int = 0, passe
     configs = [config_for(s, "cifar10:PATH", True, v, 0) for v in variants.values()]
     h = gpu.gpu_hours(configs, s.seeds, round(passes * s.samples), curves * s.num, (3, 32, 32))
     return h["train"] + h["sample"]
+
+
+def made_with(run_dir: Path, cfg: Config) -> bool:
+    """Whether ``run_dir`` holds a run of exactly ``cfg``: its ``config.toml`` names every key with the same value. (Not
+    :func:`load_config`, which fills keys added since with today's defaults, so a run made before a new option
+    existed would pass for one made with it.)"""
+    try:
+        return read_toml(run_dir / "config.toml") == cfg.to_dict()
+    except DiffpropError:  # no config or not TOML: not a run of ours
+        return False
 
 
 def slug(variant: str) -> str:
@@ -156,7 +166,7 @@ class Study:
         cfg = self.config(extra, seed)
         run_dir = self.out / "runs" / f"{slug(variant)}-seed{seed}"
         done = run_dir / "train.json"
-        same = (run_dir / "config.toml").is_file() and load_config(run_dir / "config.toml") == cfg
+        same = made_with(run_dir, cfg)
         if same and done.is_file():  # (the folder may have moved since)
             return {"variant": variant, "seed": seed, **json.loads(done.read_text()), "dir": str(run_dir)}
         if not same and (other := self.finished_elsewhere(cfg)) is not None:
@@ -180,13 +190,8 @@ class Study:
         and Fig. 4 train the same DDPM and SMD models, so each is trained once."""
         for done in sorted(self.out.parent.glob("*/runs/*/train.json")):
             run_dir = done.parent
-            if run_dir.parent.parent.resolve() == self.out.resolve():
-                continue
-            try:
-                if load_config(run_dir / "config.toml") == cfg:
-                    return run_dir
-            except DiffpropError:  # not a run of ours
-                continue
+            if run_dir.parent.parent.resolve() != self.out.resolve() and made_with(run_dir, cfg):
+                return run_dir
         return None
 
     def time_per_step(self, variants: dict[str, list[str]], rounds: int, steps: int) -> dict[str, float]:

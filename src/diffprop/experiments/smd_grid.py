@@ -30,6 +30,7 @@ from ..process import q_sample
 from ..runs import load_run
 from ..samplers import sample
 from ..training import Trainer
+from . import common
 from .tables import by_variant, compare, describe_tests, mean_std
 
 CLAIM = ("002 Fig. 2-4: soft mixture denoising (SMD) makes a DDPM fit the Gaussian grid better, most of all with "
@@ -84,7 +85,7 @@ def posterior_spread(oracle: OracleDenoiser, x0: torch.Tensor, t: int, seed: int
 def _one(variant: str, seed: int, s: dict, out: Path, data, progress: bool) -> list[dict]:
     cfg = _config(s, variant, seed)
     run_dir = out / "runs" / f"{variant}-seed{seed}"
-    if not (list_checkpoints(run_dir) and load_config(run_dir / "config.toml") == cfg
+    if not (list_checkpoints(run_dir) and common.made_with(run_dir, cfg)
             and list_checkpoints(run_dir)[-1].name == f"step_{s['steps']:08d}"):
         Trainer(cfg, run_dir, progress=progress).train()
     run = load_run(run_dir)
