@@ -57,7 +57,7 @@ def sub_chain(t: torch.Tensor, t_prev: torch.Tensor, steps: int) -> torch.Tensor
 class Consistency:
     """003 Sec. 4: ``mean((D(x'_1, t') - D(x_t, t)) * (D(x'_2, t') - D(x_t, t)))``, ``D`` the x0-prediction."""
 
-    def __init__(self, steps: int = 5, window: int = 20, weight: float = 0.1, var_type: str = "beta",
+    def __init__(self, steps: int = 5, window: int = 20, weight: float = 1.0, var_type: str = "beta",
                  t_dist: str = "edm"):
         if t_dist not in T_DISTS:
             raise DiffpropError(f"consistency t_dist must be one of {', '.join(T_DISTS)}, got {t_dist!r}")
