@@ -55,6 +55,12 @@ def test_fig3_and_fig4_reuse_table1s_runs(digits):
     # the same model and sampling seed: the same samples, hence the same score
     t1 = {r["variant"]: r for r in json.loads((table1 / "runs.json").read_text())}
     assert fig4["n_eta=1"]["fd"] == t1["ddpm+smd"]["fd"]
+    # ... drawn once: smd-table1 keeps them in the run's folder, smd-fig4 scores them again, smd-fig3 adds its own
+    samples = table1 / "runs" / "ddpm+smd-seed0" / "samples"
+    assert sorted(p.name for p in samples.iterdir()) == sorted(
+        f"{s}-K{k}-n64-seed10000.safetensors" for s, k in [("ddpm", "T"), *((s, k) for s in smd_fig3.SAMPLERS
+                                                                             for k in smd_fig3.STEPS["tiny"])])
+    assert (samples / "ddpm-KT-n64-seed10000.safetensors").stat().st_mtime <= (table1 / "runs.json").stat().st_mtime
     assert load_config(digits["smd-fig4"] / "runs" / "n_eta=2-seed0" / "config.toml").smd.n_eta == 2
 
 

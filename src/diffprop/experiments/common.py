@@ -8,6 +8,7 @@ reproduction continues where it stopped; so is one that a sibling reproduction (
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..checkpoint import list_checkpoints
 from ..config import Config, load_config, read_toml
@@ -216,13 +218,24 @@ class Study:
     def device(self) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
-    def draw(self, denoiser, num: int, seed: int, sampler: str = "ddpm", steps: int | None = None) -> torch.Tensor:
+    def draw(self, denoiser, num: int, seed: int, sampler: str = "ddpm", steps: int | None = None,
+             cache: Path | None = None) -> torch.Tensor:
         """``num`` samples: DDPM with T steps (sigma_t^2 = beta_t as in 000) unless ``sampler`` / ``steps`` (respaced)
-        say otherwise; images clip x0 to [-1, 1]."""
+        say otherwise; images clip x0 to [-1, 1]. With ``cache`` (a run's folder) they are kept there and drawn once:
+        sibling reproductions sharing a run, and re-runs, score the same samples without sampling again."""
+        path = cache / "samples" / f"{sampler}-K{steps or 'T'}-n{num}-seed{seed}.safetensors" if cache else None
+        if path is not None and path.is_file():
+            return load_file(path)["x"]
         options = {"var_type": "beta"} if sampler == "ddpm" else {}
-        return sample(denoiser.to(self.device), num, tuple(self.dataset.data_shape), sampler=sampler, steps=steps,
-                      seed=seed, device=self.device, batch_size=SAMPLE_BATCH, progress=self.progress,
-                      clip_x0=1.0 if self.image else None, **options).x.float().cpu()
+        x = sample(denoiser.to(self.device), num, tuple(self.dataset.data_shape), sampler=sampler, steps=steps,
+                   seed=seed, device=self.device, batch_size=SAMPLE_BATCH, progress=self.progress,
+                   clip_x0=1.0 if self.image else None, **options).x.float().cpu()
+        if path is not None:
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.with_name(f".tmp-{path.name}")
+            save_file({"x": x.contiguous()}, tmp)
+            os.replace(tmp, path)  # whole or absent, should the process stop here
+        return x
 
     def quality(self, x: torch.Tensor, seed: int) -> dict:
         if self.image:
@@ -241,7 +254,7 @@ class Study:
                 rec = self.train(variant, extra, seed)
                 denoiser = load_run(rec["dir"]).denoiser
                 if score:
-                    x = self.draw(denoiser, self.scale.samples, seed=10_000 + seed)
+                    x = self.draw(denoiser, self.scale.samples, 10_000 + seed, cache=Path(rec["dir"]))
                     q = self.quality(x, seed)
                     rec.update({c: q.get(c, float("nan")) for c in self.columns})
                     if seed == 0:
