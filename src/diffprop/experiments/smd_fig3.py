@@ -23,7 +23,7 @@ CLAIM = ("002 Fig. 3: SMD improves quality (F1 of precision and recall) much mor
          "for both DDPM and DDIM samplers")
 SAMPLERS = ("ddpm", "ddim")  # DDIM with eta = 0 (deterministic)
 STEPS = {"tiny": (5, 20), "small": (10, 20, 50, 100), "paper": (50, 100, 200, 500, 1000)}
-MINUTES = {"tiny": 0.3, "small": 30}  # with smd-table1's runs already trained (else add its 50)
+MINUTES = {"tiny": 0.3, "small": 25}  # measured: 21 min with smd-table1's runs already trained (else add its 100)
 QUALITY = ("f1", "precision", "recall", "fd")
 PASSES = len(SAMPLERS) * sum(STEPS["paper"]) / 1000  # sampling cost per model at paper scale, in T-step passes
 
