@@ -8,11 +8,13 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from diffprop.cli import main
 from diffprop.experiments import EXPERIMENTS, common, epdm_table1
+from diffprop.experiments.tables import compare, standing
 
 ONE_SEED = ["epdm-fig2", "epdm-fig3", "epdm-table1", "epdm-fig4", "propagation-theorem"]
 
@@ -256,3 +258,13 @@ def test_markdown_to_html_escapes_and_converts():
     assert "<ul>\n<li>one</li>\n<li>two</li>\n</ul>" in page
     assert "<tr><th>h</th><th>k</th></tr>" in page and "<tr><td>1</td><td>2</td></tr>" in page
     assert '<img alt="cap" src="IMG:f.png">' in page and "<title>T</title>" in page
+
+
+def test_compare_and_standing_read_direction_and_significance():
+    groups = {"ours": {"m": np.array([1.0, 1.1, 0.9])}, "low": {"m": np.array([0.1, 0.2, 0.15])},
+              "high": {"m": np.array([5.0, 5.2, 4.9])}, "same": {"m": np.array([0.8, 1.3, 1.0])}}
+    tests = {t["other"]: t for t in compare(groups, "m", "ours", ["low", "high", "same"], alpha=0.05)}
+    assert [standing(tests[v], 0.05) for v in ("low", "high", "same")] == ["worse", "better", "no different"]
+    assert tests["high"]["significant"] and not tests["low"]["significant"] and not tests["low"]["better"]
+    higher = compare(groups, "m", "ours", ["low"], lower_better=False, alpha=0.05)[0]
+    assert higher["better"] and standing(higher, 0.05) == "better"

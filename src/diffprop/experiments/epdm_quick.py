@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import common
 from .curves import plot_curves, reference_curve
-from .tables import by_variant, compare, describe_tests, write_report, write_table
+from .tables import by_variant, compare, describe_tests, standing, write_report, write_table
 
 CLAIM = ("000 Table 1 / Fig. 3: regularizing the cumulative error (EPDM) lowers the error-propagation curve "
          "and improves sample quality over vanilla DDPM at equal budget")
@@ -37,8 +37,9 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     wins = [t for t in tests[study.metric] if t["significant"]]
     verdict = ("undecided: one seed gives no t-test (run `--scale small`, 3 seeds)." if study.seeds < 2 else
                f"{'yes' if len(wins) == len(tests[study.metric]) else 'partly' if wins else 'no'}: "
-               + "; ".join(f"{t['ours']}: {'better' if t['better'] else 'not better'} {study.metric} than vanilla "
-                           f"(p = {t['p']:.3g})" for t in tests[study.metric]) + ".")
+               + "; ".join(f"{t['ours']}: {study.metric} {word} {'from' if word == 'no different' else 'than'} "
+                           f"vanilla's (p = {t['p']:.3g})"
+                           for t in tests[study.metric] for word in [standing(t, 0.05)]) + ".")
     return write_report(study.out, study.title, CLAIM,
                         study.describe() + f" Propagation curves with N = M = {study.scale.num}.",
                         table + "\n" + "".join(describe_tests(ts, m) for m, ts in tests.items()),

@@ -75,6 +75,13 @@ def compare(groups: dict[str, dict[str, np.ndarray]], metric: str, ours: str, ot
     return out
 
 
+def standing(t: dict, alpha: float) -> str:
+    """One :func:`compare` result in a word: ``better`` or ``worse`` (Welch p < ``alpha``), else ``no different``."""
+    if t["p"] < alpha:
+        return "better" if t["better"] else "worse"
+    return "no different"
+
+
 def p_text(p: float) -> str:
     return f"Welch t-test p = {p:.3g}" if math.isfinite(p) else "no t-test (one seed)"
 
