@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 from .checkpoint import list_checkpoints
-from .config import Config, config_from_dict, load_config
+from .config import Config, config_from_dict
 from .data import load_dataset
 from .diagnostics.propagation import propagation
 from .measure import describe_checks, write_measure
 from .metrics.toy import sample_metrics
 from .oracle import OracleDenoiser
 from .plots import plot_cumulative, plot_loss, plot_scatter
-from .runs import load_run
+from .runs import load_run, made_with
 from .samplers import sample
 from .training import Trainer
 
@@ -44,8 +44,7 @@ def demo_configs(quick: bool) -> dict[str, Config]:
 def _train(cfg: Config, run_dir: Path, progress: bool) -> float:
     """Train unless ``run_dir`` already holds a finished run of exactly this config; returns seconds spent."""
     done = list_checkpoints(run_dir)
-    if done and (run_dir / "config.toml").is_file() and load_config(run_dir / "config.toml") == cfg \
-            and done[-1].name == f"step_{cfg.train.steps:08d}":
+    if done and made_with(run_dir, cfg) and done[-1].name == f"step_{cfg.train.steps:08d}":
         return 0.0
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()

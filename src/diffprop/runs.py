@@ -12,11 +12,21 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .config import Config, load_config
+from .config import Config, load_config, read_toml
 from .denoisers import Denoiser, SMDDenoiser
 from .errors import DiffpropError
 from .nets import build_net, build_smd_net
 from .schedules import NoiseSchedule
+
+
+def made_with(run_dir: Path, cfg: Config) -> bool:
+    """Whether ``run_dir`` holds a run of exactly ``cfg``: its ``config.toml`` names every key with the same value. (Not
+    :func:`load_config`, which fills keys added since with today's defaults, so a run made before a new option
+    existed would pass for one made with it.)"""
+    try:
+        return read_toml(run_dir / "config.toml") == cfg.to_dict()
+    except DiffpropError:  # no config or not TOML: not a run of ours
+        return False
 
 
 def build_schedule(cfg: Config) -> NoiseSchedule:

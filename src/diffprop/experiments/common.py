@@ -21,14 +21,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..checkpoint import list_checkpoints
-from ..config import Config, load_config, read_toml
+from ..config import Config, load_config
 from ..data import load_dataset
 from ..diagnostics.propagation import Propagation, propagation
 from ..errors import DiffpropError
 from ..metrics.toy import sample_metrics
 from ..oracle import OracleDenoiser
 from ..plots import plot_image_grid, plot_scatter
-from ..runs import load_run
+from ..runs import load_run, made_with
 from ..samplers import sample
 from ..training import Trainer
 from . import gpu
@@ -87,16 +87,6 @@ def paper_hours(s: Scale, variants: dict[str, list[str]], curves: int = 0, passe
     configs = [config_for(s, "cifar10:PATH", True, v, 0) for v in variants.values()]
     h = gpu.gpu_hours(configs, s.seeds, round(passes * s.samples), curves * s.num, (3, 32, 32))
     return h["train"] + h["sample"]
-
-
-def made_with(run_dir: Path, cfg: Config) -> bool:
-    """Whether ``run_dir`` holds a run of exactly ``cfg``: its ``config.toml`` names every key with the same value. (Not
-    :func:`load_config`, which fills keys added since with today's defaults, so a run made before a new option
-    existed would pass for one made with it.)"""
-    try:
-        return read_toml(run_dir / "config.toml") == cfg.to_dict()
-    except DiffpropError:  # no config or not TOML: not a run of ours
-        return False
 
 
 def slug(variant: str) -> str:
