@@ -264,7 +264,8 @@ def test_compare_and_standing_read_direction_and_significance():
     groups = {"ours": {"m": np.array([1.0, 1.1, 0.9])}, "low": {"m": np.array([0.1, 0.2, 0.15])},
               "high": {"m": np.array([5.0, 5.2, 4.9])}, "same": {"m": np.array([0.8, 1.3, 1.0])}}
     tests = {t["other"]: t for t in compare(groups, "m", "ours", ["low", "high", "same"], alpha=0.05)}
-    assert [standing(tests[v], 0.05) for v in ("low", "high", "same")] == ["worse", "better", "no different"]
+    assert [standing(tests[v], 0.05) for v in ("low", "high", "same")] == ["worse than", "better than",
+                                                                                "no different from"]
     assert tests["high"]["significant"] and not tests["low"]["significant"] and not tests["low"]["better"]
     higher = compare(groups, "m", "ours", ["low"], lower_better=False, alpha=0.05)[0]
-    assert higher["better"] and standing(higher, 0.05) == "better"
+    assert higher["better"] and standing(higher, 0.05) == "better than"

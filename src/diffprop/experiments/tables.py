@@ -76,10 +76,11 @@ def compare(groups: dict[str, dict[str, np.ndarray]], metric: str, ours: str, ot
 
 
 def standing(t: dict, alpha: float) -> str:
-    """One :func:`compare` result in a word: ``better`` or ``worse`` (Welch p < ``alpha``), else ``no different``."""
+    """One :func:`compare` result as a comparative: ``better than`` or ``worse than`` (Welch p < ``alpha``), else
+    ``no different from``."""
     if t["p"] < alpha:
-        return "better" if t["better"] else "worse"
-    return "no different"
+        return "better than" if t["better"] else "worse than"
+    return "no different from"
 
 
 def p_text(p: float) -> str:
