@@ -99,7 +99,7 @@ def cmd_sample(args) -> None:
     steps = args.steps or sc.steps or (50 if sampler == "ddim" else denoiser.schedule.T)
     clip = sc.clip_x0 or (1.0 if len(data["data_shape"]) == 3 else 0.0)
     options = {"eta": args.eta if args.eta is not None else sc.eta} if sampler == "ddim" else \
-        {"var_type": cfg.diffusion.var_type}
+        {"var_type": denoiser.var_type}
     out = sample(denoiser, args.num or sc.num, tuple(data["data_shape"]), sampler=sampler, steps=steps,
                  seed=args.seed, device=device, batch_size=args.batch_size or sc.batch_size or None,
                  clip_x0=clip or None, **options).x.float().cpu()
@@ -174,7 +174,7 @@ def cmd_measure(args) -> None:
                             f"{tuple(info['data_shape'])}")
     reference = exact = None
     if ds.mixture is not None:  # the data density is known: exact KL errors, and the oracle's curve beside
-        exact = OracleDenoiser(ds.mixture, denoiser.schedule)
+        exact = OracleDenoiser(ds.mixture, denoiser.schedule, var_type=denoiser.var_type)
         reference = None if isinstance(denoiser, OracleDenoiser) else exact
     out = Path(args.out or (Path(args.run_dir) / "measure" if args.run_dir else Path("runs") / "measure"))
     kernels = tuple(k.strip() for k in args.kernels.split(",") if k.strip())
@@ -185,7 +185,7 @@ def cmd_measure(args) -> None:
     grid = parse_grid(args.grid, denoiser.schedule.T)
     summary = run_measure(denoiser, ds.x, out, {**meta, "dataset": name}, reference=reference,
                           progress=not args.quiet, num=args.num, grid=grid,
-                          kernels=kernels, bootstrap_steps=args.bootstrap_steps, var_type=cfg.diffusion.var_type,
+                          kernels=kernels, bootstrap_steps=args.bootstrap_steps, var_type=denoiser.var_type,
                           num_permutations=args.permutations, seed=args.seed, device=device, repeats=args.repeats,
                           oracle=exact,
                           batch_size=args.batch_size)

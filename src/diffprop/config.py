@@ -15,6 +15,7 @@ from typing import Any
 import tomli_w
 
 from .errors import DiffpropError
+from .schedules import linear_range
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,8 +39,10 @@ class DataConfig:
 class DiffusionConfig:
     T: int = _f(1000, "number of diffusion steps", min=1)
     schedule: str = _f("linear", "beta schedule", choices=("linear", "cosine", "sigmoid"))
-    beta_start: float = _f(1e-4, "first beta of the linear schedule", gt=0.0, lt=1.0)
-    beta_end: float = _f(0.02, "last beta of the linear schedule", gt=0.0, lt=1.0)
+    beta_start: float = _f(0.0, "first beta of the linear schedule, used as given (0: Ho et al.'s 1e-4 scaled by "
+                           "1000 / T)", min=0.0, lt=1.0)
+    beta_end: float = _f(0.0, "last beta of the linear schedule, used as given (0: Ho et al.'s 0.02 scaled by "
+                         "1000 / T, so that any T ends near N(0, I))", min=0.0, lt=1.0)
     parameterization: str = _f("eps", "what the network predicts", choices=("eps", "x0", "v"))
     var_type: str = _f("beta", "backward variance sigma_t^2 (000 uses beta)", choices=("beta", "beta_tilde"))
 
@@ -254,8 +257,9 @@ def _build(cls, data: dict, prefix: str = ""):
 
 def _cross_check(cfg: Config) -> Config:
     d = cfg.diffusion
-    if d.schedule == "linear" and d.beta_start > d.beta_end:
-        raise DiffpropError(f"config: diffusion.beta_start ({d.beta_start}) must be <= diffusion.beta_end ({d.beta_end})")
+    lo, hi = linear_range(d.T, d.beta_start or None, d.beta_end or None)
+    if d.schedule == "linear" and lo > hi:
+        raise DiffpropError(f"config: diffusion.beta_start ({lo:g}) must be <= diffusion.beta_end ({hi:g})")
     s = cfg.smd
     if cfg.model.smd and s.loss == "energy" and s.n_eta < 2:
         raise DiffpropError(f"config: smd.loss = 'energy' compares eta draws and needs smd.n_eta >= 2, got {s.n_eta}")

@@ -87,17 +87,16 @@ def run_demo(out: Path, quick: bool = False, progress: bool = True) -> Path:
     runs = {name: load_run(out / name) for name in cfgs}
     data = load_dataset(cfg.data.name, num_samples=cfg.data.num_samples, seed=cfg.seed)
     n, shape = NUM_SAMPLES[quick], tuple(data.data_shape)
-    oracle = OracleDenoiser(data.mixture, runs["ddpm"].denoiser.schedule)
+    oracle = OracleDenoiser(data.mixture, runs["ddpm"].denoiser.schedule, var_type=cfg.diffusion.var_type)
     models = {"oracle": oracle, **{name: r.denoiser for name, r in runs.items()}}
     samples, metrics = {}, {}
     for name, model in models.items():
-        x = sample(model, n, shape, sampler="ddpm", seed=cfg.seed + 1, progress=progress and f"sampling {name}",
-                   var_type=cfg.diffusion.var_type).x.float()
+        x = sample(model, n, shape, sampler="ddpm", seed=cfg.seed + 1, progress=progress and f"sampling {name}").x.float()
         samples[name] = x
         metrics[name] = sample_metrics(x, data.x, data.mixture, seed=cfg.seed)
     plot_scatter({f"{k} ({n} samples, DDPM T={cfg.diffusion.T})": v.numpy() for k, v in samples.items()},
                  out / "samples.png", reference=data.x[:5000].numpy())
-    settings = dict(progress=progress, var_type=cfg.diffusion.var_type, seed=cfg.seed, **MEASURE[quick])
+    settings = dict(progress=progress, seed=cfg.seed, **MEASURE[quick])
     reference = propagation(oracle, data.x, **settings)
     props, results = {}, {}
     for name, r in runs.items():

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import DiffpropError
+from .process import VAR_TYPES
 from .schedules import NoiseSchedule
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
@@ -30,11 +31,20 @@ class DenoiserBase(nn.Module):
     """Interface: subclasses implement :meth:`predict`; everything else derives from it.
 
     ``stochastic`` denoisers draw fresh latent noise from ``generator`` on every call (two calls on the same
-    input differ); the others ignore ``generator``.
+    input differ); the others ignore ``generator``. ``var_type`` is the backward variance the model was trained
+    for (``beta``, 000's choice, or ``beta_tilde``; a run's ``diffusion.var_type``, a diffusers scheduler's
+    ``variance_type``): ancestral samplers, losses and diagnostics read it from here.
     """
 
     schedule: NoiseSchedule
     stochastic = False
+    var_type = "beta"
+
+    def set_var_type(self, var_type: str) -> "DenoiserBase":
+        if var_type not in VAR_TYPES:
+            raise DiffpropError(f"unknown backward variance {var_type!r}; allowed: {', '.join(VAR_TYPES)}")
+        self.var_type = var_type
+        return self
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> Prediction:
         raise NotImplementedError
@@ -81,7 +91,8 @@ def training_target(parameterization: str, schedule: NoiseSchedule, x0, t, eps) 
 class Denoiser(DenoiserBase):
     """A backbone ``net(x_t, t - 1)`` read as an eps-, x0- or v-prediction."""
 
-    def __init__(self, net: nn.Module, schedule: NoiseSchedule, parameterization: str = "eps"):
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule, parameterization: str = "eps",
+                 var_type: str = "beta"):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise DiffpropError(f"unknown parameterization {parameterization!r}; "
@@ -89,6 +100,7 @@ class Denoiser(DenoiserBase):
         self.net = net
         self.schedule = schedule
         self.parameterization = parameterization
+        self.set_var_type(var_type)
 
     def raw(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The backbone's output (what the denoising loss regresses); backbones see t - 1 in 0..T-1."""
@@ -121,8 +133,8 @@ class SMDDenoiser(Denoiser):
     stochastic = True
 
     def __init__(self, net: nn.Module, schedule: NoiseSchedule, parameterization: str = "eps", n_eta: int = 1,
-                 loss: str = "mse"):
-        super().__init__(net, schedule, parameterization)
+                 loss: str = "mse", var_type: str = "beta"):
+        super().__init__(net, schedule, parameterization, var_type)
         if n_eta < 1:
             raise DiffpropError(f"n_eta must be >= 1, got {n_eta}")
         if loss not in SMD_LOSSES or (loss == "energy" and n_eta < 2):

@@ -29,8 +29,9 @@ class OracleDenoiser(DenoiserBase):
     """Exact ``eps``/``x0`` for Gaussian-mixture data; ``eps_scale``/``eps_bias`` perturb its noise prediction."""
 
     def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule, eps_scale: float = 1.0,
-                 eps_bias: float = 0.0):
+                 eps_bias: float = 0.0, var_type: str = "beta"):
         super().__init__()
+        self.set_var_type(var_type)
         self.mixture = mixture
         self.schedule = schedule
         self.eps_scale = float(eps_scale)

@@ -31,7 +31,7 @@ def made_with(run_dir: Path, cfg: Config) -> bool:
 
 def build_schedule(cfg: Config) -> NoiseSchedule:
     d = cfg.diffusion
-    return NoiseSchedule.from_config(d.schedule, d.T, d.beta_start, d.beta_end)
+    return NoiseSchedule.from_config(d.schedule, d.T, d.beta_start or None, d.beta_end or None)  # 0: scaled
 
 
 def build_denoiser(cfg: Config, data_shape: tuple[int, ...]) -> Denoiser:
@@ -40,11 +40,12 @@ def build_denoiser(cfg: Config, data_shape: tuple[int, ...]) -> Denoiser:
     opts = (dict(width=m.width, depth=m.depth, time_dim=m.time_dim, dropout=m.dropout) if m.kind == "mlp"
             else dict(preset=m.preset, **({"dropout": m.dropout} if m.dropout else {})))
     if not m.smd:
-        return Denoiser(build_net(m.kind, shape, **opts), build_schedule(cfg), cfg.diffusion.parameterization)
+        return Denoiser(build_net(m.kind, shape, **opts), build_schedule(cfg), cfg.diffusion.parameterization,
+                        cfg.diffusion.var_type)
     net = build_smd_net(m.kind, shape, s.variant, latent_dim=s.latent_dim, hyper_layers=s.hyper_layers,
                         eta_dim=s.eta_dim, g_width=s.g_width, **opts)
     return SMDDenoiser(net, build_schedule(cfg), cfg.diffusion.parameterization, n_eta=s.n_eta,
-                       loss=s.loss)
+                       loss=s.loss, var_type=cfg.diffusion.var_type)
 
 
 def write_data_info(run_dir: Path, dataset) -> None:

@@ -14,20 +14,36 @@ import torch
 from .errors import DiffpropError
 
 SCHEDULES = ("linear", "cosine", "sigmoid")
+BETA_START, BETA_END = 1e-4, 0.02  # Ho et al. 2020's linear schedule at T = 1000
+BETA_MAX = 0.999  # cap on any beta (Nichol & Dhariwal 2021), so that alpha_t > 0
 
 
-def make_betas(kind: str, T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
-    """``beta_1..beta_T`` (float64, shape (T,)) for the named schedule."""
+def linear_range(T: int, beta_start: float | None = None, beta_end: float | None = None) -> tuple[float, float]:
+    """The linear schedule's ``(beta_1, beta_T)``: the given values, or Ho et al.'s ``(1e-4, 0.02)`` scaled by
+    ``1000 / T`` (Nichol & Dhariwal 2021, as improved-diffusion does) so that every T ends near ``N(0, I)``
+    (``abar_T`` ~ 4e-5 for any T >= 50; unscaled, T = 100 would stop at ``abar_T = 0.36``)."""
+    scale = 1000 / T
+    return (BETA_START * scale if beta_start is None else beta_start,
+            BETA_END * scale if beta_end is None else beta_end)
+
+
+def make_betas(kind: str, T: int, beta_start: float | None = None, beta_end: float | None = None) -> np.ndarray:
+    """``beta_1..beta_T`` (float64, shape (T,)) for the named schedule.
+
+    ``beta_start`` / ``beta_end`` apply to ``linear`` only: explicit values are used as given (diffusers'
+    convention); ``None`` scales Ho et al.'s by ``1000 / T`` (:func:`linear_range`). Betas are capped at 0.999,
+    which only a scaled schedule with T < 21 reaches."""
     if kind == "linear":  # Ho et al. 2020; 000's default
-        return np.linspace(beta_start, beta_end, T, dtype=np.float64)
+        lo, hi = linear_range(T, beta_start, beta_end)
+        return np.minimum(np.linspace(lo, hi, T, dtype=np.float64), BETA_MAX)
     if kind == "cosine":  # Nichol & Dhariwal 2021, = diffusers' "squaredcos_cap_v2"
         f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
-        return np.array([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)])
+        return np.array([min(1 - f((i + 1) / T) / f(i / T), BETA_MAX) for i in range(T)])
     if kind == "sigmoid":  # Jabri et al. 2022, as in the EPDM/SMD official code (start -3, end 3, tau 1)
         s = lambda u: 1 / (1 + np.exp(-u))  # noqa: E731
         u = np.linspace(0, 1, T + 1, dtype=np.float64)
         abar = (s(3.0) - s(6 * u - 3)) / (s(3.0) - s(-3.0))
-        return np.clip(1 - abar[1:] / abar[:-1], 0, 0.999)
+        return np.clip(1 - abar[1:] / abar[:-1], 0, BETA_MAX)
     raise DiffpropError(f"unknown beta schedule {kind!r}; allowed: {', '.join(SCHEDULES)}")
 
 
@@ -49,8 +65,8 @@ class NoiseSchedule:
         self._cache: dict = {}
 
     @classmethod
-    def from_config(cls, kind: str = "linear", T: int = 1000, beta_start: float = 1e-4,
-                    beta_end: float = 0.02) -> "NoiseSchedule":
+    def from_config(cls, kind: str = "linear", T: int = 1000, beta_start: float | None = None,
+                    beta_end: float | None = None) -> "NoiseSchedule":
         return cls(make_betas(kind, T, beta_start, beta_end))
 
     def gather(self, name: str, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:

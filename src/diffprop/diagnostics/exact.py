@@ -23,19 +23,20 @@ from .entropy import knn_entropy
 
 
 @torch.no_grad()
-def modular_kl(denoiser, oracle: OracleDenoiser, t: int, x_t: torch.Tensor, var_type: str = "beta",
+def modular_kl(denoiser, oracle: OracleDenoiser, t: int, x_t: torch.Tensor, var_type: str | None = None,
                num_mc: int = 64, generator: torch.Generator | None = None) -> torch.Tensor:
     """``KL(p_theta(x_{t-1}|x_t) || q(x_{t-1}|x_t))`` per sample of ``x_t`` (B, ...): (B,) float64 (000 Eq. 7).
 
     ``p_theta = N(mu_theta, sigma_t^2 I)`` is the model's ancestral step (000 Eq. 2, 4): ``mu_theta`` the
     posterior mean at ``denoiser.predict(x_t, t).x0`` and ``sigma_t^2 = beta_t`` or ``beta_tilde_t``
-    (``var_type``); ``q`` is ``oracle.posterior(x_t, t)``. The KL is ``E_p[log p(x) - log q(x)]`` over
+    (``var_type``, default the denoiser's own); ``q`` is ``oracle.posterior(x_t, t)``. The KL is ``E_p[log p(x) - log q(x)]`` over
     ``num_mc`` draws ``mu +- sigma z`` from ``p`` in antithetic pairs (``log p`` Gaussian, ``log q`` a logsumexp
     over the mixture) with ``|z|^2`` as a control variate; both together make the estimate exact (up to
     rounding) when ``q`` is a single Gaussian, and nearly so where the posterior is close to Gaussian.
     A stochastic denoiser (SMD) is read at one latent draw per sample (from ``generator``): the average is then
     ``E_eta KL(p_theta(.|x_t, eta) || q)``, an upper bound (KL is convex) of its mixture's KL.
     """
+    var_type = var_type or denoiser.var_type
     if var_type not in VAR_TYPES:
         raise DiffpropError(f"unknown backward variance {var_type!r}; allowed: {', '.join(VAR_TYPES)}")
     if num_mc < 4:
@@ -64,7 +65,7 @@ def modular_kl(denoiser, oracle: OracleDenoiser, t: int, x_t: torch.Tensor, var_
     return (f - c * u).mean(1)
 
 
-def modular_error(denoiser, oracle: OracleDenoiser, t: int, num: int = 1000, var_type: str = "beta",
+def modular_error(denoiser, oracle: OracleDenoiser, t: int, num: int = 1000, var_type: str | None = None,
                   num_mc: int = 64, generator: torch.Generator | None = None) -> float:
     """``E_{x_t ~ q(x_t)}[modular_kl]`` over ``num`` exact draws ``x_t = sqrt(abar_t) x_0 + sqrt(1-abar_t) eps``.
 

@@ -137,11 +137,12 @@ def propagation(denoiser, data: torch.Tensor, *, repeats: int = 1, seed: int = 0
 
 @torch.no_grad()
 def propagation_once(denoiser, data: torch.Tensor, *, num: int = 1000, grid: list[int] | None = None,
-                     kernels=("rbf", "laplace", "imq"), bootstrap_steps: int = 5, var_type: str = "beta",
+                     kernels=("rbf", "laplace", "imq"), bootstrap_steps: int = 5, var_type: str | None = None,
                      num_permutations: int = 100, seed: int = 0, device="cpu", batch_size: int | None = None,
                      progress: bool = True, oracle=None) -> Propagation:
     """One measurement with one seed (see the module docstring for the columns); ``oracle`` (the exact
-    denoiser of the data, Gaussian mixtures only) adds the exact KL columns."""
+    denoiser of the data, Gaussian mixtures only) adds the exact KL columns. ``var_type`` (default: the
+    denoiser's own) is the backward variance of every ancestral step."""
     T = denoiser.schedule.T
     grid = grid or time_grid(T, 20)
     if grid[0] < 1 or grid[-1] > T:

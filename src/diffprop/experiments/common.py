@@ -210,16 +210,15 @@ class Study:
 
     def draw(self, denoiser, num: int, seed: int, sampler: str = "ddpm", steps: int | None = None,
              cache: Path | None = None) -> torch.Tensor:
-        """``num`` samples: DDPM with T steps (sigma_t^2 = beta_t as in 000) unless ``sampler`` / ``steps`` (respaced)
+        """``num`` samples: DDPM with T steps (sigma_t^2 the run's ``diffusion.var_type``) unless ``sampler`` / ``steps`` (respaced)
         say otherwise; images clip x0 to [-1, 1]. With ``cache`` (a run's folder) they are kept there and drawn once:
         sibling reproductions sharing a run, and re-runs, score the same samples without sampling again."""
         path = cache / "samples" / f"{sampler}-K{steps or 'T'}-n{num}-seed{seed}.safetensors" if cache else None
         if path is not None and path.is_file():
             return load_file(path)["x"]
-        options = {"var_type": "beta"} if sampler == "ddpm" else {}
         x = sample(denoiser.to(self.device), num, tuple(self.dataset.data_shape), sampler=sampler, steps=steps,
                    seed=seed, device=self.device, batch_size=SAMPLE_BATCH, progress=self.progress,
-                   clip_x0=1.0 if self.image else None, **options).x.float().cpu()
+                   clip_x0=1.0 if self.image else None).x.float().cpu()
         if path is not None:
             path.parent.mkdir(exist_ok=True)
             tmp = path.with_name(f".tmp-{path.name}")

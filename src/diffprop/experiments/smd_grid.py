@@ -92,8 +92,7 @@ def _one(variant: str, seed: int, s: dict, out: Path, data, progress: bool) -> l
     spread = eta_spread(run.denoiser, x0, s["T"] // 2, seed)
     rows = []
     for k in s["sampling"]:
-        x = sample(run.denoiser, s["samples"], tuple(data.data_shape), steps=k, seed=seed + 100, progress=False,
-                   var_type=cfg.diffusion.var_type).x
+        x = sample(run.denoiser, s["samples"], tuple(data.data_shape), steps=k, seed=seed + 100, progress=False).x
         q = sample_metrics(x, data.x, data.mixture, seed=seed)
         rows.append({"variant": variant, "seed": seed, "sampling_steps": k, "eta_spread": spread,
                      **{m: q.get(m, float("nan")) for m in QUALITY}})
