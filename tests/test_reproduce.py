@@ -212,6 +212,23 @@ def test_reproduce_bad_options(capsys, tmp_path):
     assert "FID on image-folder:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["smd-grid", "--data", "gmm-ring"], "smd-grid does not take --data (it has its own fixed data and scale)"),
+    (["smd-grid", "--force", "--inception-weights", "w.pth"], "smd-grid does not take --inception-weights, --force"),
+    (["propagation-theorem", "--scale", "tiny", "--inception-weights", "w.pth"],
+     "--inception-weights is used only for FID on image data other than digits"),
+    (["epdm-table1", "--scale", "tiny", "--data", "digits", "--inception-weights", "w.pth"],
+     "digits does not use it"),
+    (["epdm-table1", "--scale", "tiny", "--force"], "--force only lets a paper-scale run start without a GPU"),
+])
+def test_reproduce_refuses_options_it_would_ignore(argv, message, capsys, tmp_path):
+    out = tmp_path / "out"
+    assert main(["reproduce", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
 def test_report_gathers_markdown_and_html(tiny, tmp_path, capsys):
     out = tmp_path / "site" / "all.md"
     folders = [str(tiny["epdm-fig2"]), str(tiny["epdm-table1"]), str(tiny["epdm-fig2"])]

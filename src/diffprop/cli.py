@@ -209,8 +209,10 @@ def cmd_reproduce(args) -> None:
     options = {k: v for k, v in (("data", args.data), ("inception_weights", args.inception_weights),
                                  ("force", args.force)) if v}
     takes = inspect.signature(exp.run).parameters
-    if options and not any(p.kind == p.VAR_KEYWORD for p in takes.values()):
-        raise DiffpropError(f"{args.name} takes none of --data, --inception-weights, --force")
+    if not any(p.kind == p.VAR_KEYWORD for p in takes.values()):
+        refused = [f"--{k.replace('_', '-')}" for k in options if k not in takes]
+        if refused:
+            raise DiffpropError(f"{args.name} does not take {', '.join(refused)} (it has its own fixed data and scale)")
     folder = f"{args.name}-{args.scale}" + (f"-{args.data.split(':')[0]}" if args.data else "")
     report = exp.run(Path(args.out or Path("runs") / "reproduce" / folder), args.scale, args.seeds,
                      progress=not args.quiet, **options)

@@ -117,8 +117,15 @@ class Study:
             raise DiffpropError(f"{name} --scale {scale_name} trains on the paper's data: give it with --data "
                                 f"(e.g. --data cifar10:PATH/cifar-10-batches-py)")
         self.inception_weights = inception_weights
+        if force and not scale.gpu:
+            raise DiffpropError(f"{name}: --force only lets a paper-scale run start without a GPU; --scale "
+                                f"{scale_name} runs on the CPU anyway")
         self.dataset = load_dataset(self.data_name, seed=0)
         self.image = self.dataset.is_image
+        if inception_weights is not None and not (self.image and self.data_name != "digits"):
+            raise DiffpropError(f"{name}: --inception-weights is used only for FID on image data other than digits "
+                                f"(which is scored with diffprop's own digits classifier); {self.data_name} does "
+                                f"not use it")
         if self.image and self.data_name != "digits" and inception_weights is None:
             raise DiffpropError(f"{name}: FID on {self.data_name} needs the Inception-v3 weights: --inception-weights "
                                 f"PATH (pt_inception-2015-12-05-6726825d.pth)")

@@ -113,7 +113,7 @@ def _snapshots(s: dict, out: Path, data, progress: bool) -> None:
         plot_scatter(dict(row), out / f"scatter_{name}.png", reference=data.x[:3000].numpy())
 
 
-def run(out: Path, scale: str = "small", seeds: int | None = None, progress: bool = True, **_) -> Path:
+def run(out: Path, scale: str = "small", seeds: int | None = None, progress: bool = True) -> Path:
     s = SCALES[scale]
     seeds = seeds or s["seeds"]
     out = Path(out)
