@@ -76,6 +76,9 @@ def test_measure_and_sample_a_diffusers_checkpoint(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     rows = list(csv.DictReader((tmp_path / "m/propagation.csv").open()))
     assert [int(r["t"]) for r in rows] == time_grid(20, 3)
+    summary = json.loads((tmp_path / "m/summary.json").read_text())  # the scheduler's settings, as applied
+    assert summary["var_type"] == summary["settings"]["var_type"] == "beta_tilde" and summary["clip_x0"] == 1.0
+    assert summary["scheduler"]["variance_type"] == "fixed_small" and summary["scheduler"]["clip_sample"] is True
     code = main(["sample", "--diffusers", str(tmp_path / "ckpt"), "--dataset", "digits", "--num", "4",
                  "--out", str(tmp_path / "s.npz")])
     assert code == 0, capsys.readouterr().err

@@ -466,14 +466,14 @@ def test_ddim_single_step_matches_diffusers(k):
         torch.testing.assert_close(out, x0, rtol=1e-12, atol=1e-12)
 
 
-def _diffusers_ddim_loop(sched, x, eta=0.0, noise_gen=None):
+def _diffusers_ddim_loop(sched, x, eta=0.0, noise_gen=None, clipped=False):
     for k in sched.timesteps.tolist():
         eps = eps_fn(LIN, x, k + 1)
         vn = None
         if eta > 0:  # diffprop draws noise only when t_prev > 0; at k_prev < 0 sigma is 0 anyway
             k_prev = k - T // sched.num_inference_steps
             vn = torch.randn(x.shape, generator=noise_gen, dtype=x.dtype) if k_prev >= 0 else torch.zeros_like(x)
-        x = sched.step(eps, k, x, eta=eta, variance_noise=vn).prev_sample
+        x = sched.step(eps, k, x, eta=eta, variance_noise=vn, use_clipped_model_output=clipped).prev_sample
     return x
 
 
@@ -512,6 +512,38 @@ def test_ddim_50_steps_matches_diffusers_leading_spacing(eta):
     assert den.calls == [k + 1 for k in sched.timesteps.tolist()]
     ref = _diffusers_ddim_loop(sched, x_T.clone(), eta=eta, noise_gen=_gen(62))
     torch.testing.assert_close(out.x, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_ddim_with_clipping_matches_diffusers_use_clipped_model_output(eta):
+    """clip_x0 with the model's eps is diffusers' default (use_clipped_model_output=False); clipped_eps=True
+    re-derives eps from the clipped x0 as use_clipped_model_output=True does. A range of 0.3 clips at most steps."""
+    sched = _inject(DDIMScheduler(num_train_timesteps=T, beta_schedule="linear", clip_sample=True,
+                                  clip_sample_range=0.3, set_alpha_to_one=True), LIN)
+    sched.set_timesteps(50)
+    x_T = torch.randn(16, 3, generator=_gen(63), dtype=F64)
+    outs = {}
+    for clipped in (False, True):
+        out = ddim(FixedEps(TRUNC), x_T.clone(), steps=50, eta=eta, generator=_gen(64), clip_x0=0.3,
+                   clipped_eps=clipped).x
+        ref = _diffusers_ddim_loop(sched, x_T.clone(), eta=eta, noise_gen=_gen(64), clipped=clipped)
+        torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+        outs[clipped] = out
+    assert (outs[True] - outs[False]).abs().max() > 0.05  # the option matters here
+    # without clipping the option changes nothing (eps from the unclipped x0 is eps)
+    torch.testing.assert_close(ddim(FixedEps(TRUNC), x_T.clone(), steps=50, clipped_eps=True).x,
+                               ddim(FixedEps(TRUNC), x_T.clone(), steps=50).x, rtol=1e-12, atol=1e-12)
+
+
+def test_samplers_default_to_the_denoisers_clip_x0():
+    den = FixedEps(TRUNC)
+    x_T = torch.randn(16, 3, generator=_gen(65), dtype=F64)
+    clipped = {name: fn(den, x_T.clone(), steps=50, generator=_gen(66), clip_x0=0.3).x
+               for name, fn in (("ddpm", ddpm), ("ddim", ddim))}
+    den.clip_x0 = 0.3
+    for name, fn in (("ddpm", ddpm), ("ddim", ddim)):
+        torch.testing.assert_close(fn(den, x_T.clone(), steps=50, generator=_gen(66)).x, clipped[name],
+                                   rtol=0, atol=0)
 
 
 def test_ddim_50_steps_matches_unmodified_float32_diffusers():

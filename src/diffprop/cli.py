@@ -76,11 +76,13 @@ def _denoiser_for(args):
 
         if not args.dataset:
             raise DiffpropError("--diffusers needs --dataset (the data the checkpoint was trained on)")
-        denoiser = load_diffusers(args.diffusers).to(device)
+        denoiser, scheduler = load_diffusers(args.diffusers)
         c = denoiser.net.model.config
-        size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-        info = {"name": args.dataset, "data_shape": [c.in_channels, size, size], "scaler": None}
-        return denoiser, Config(), info, {"model": f"diffusers:{args.diffusers}"}, device
+        size = [c.sample_size] * 2 if isinstance(c.sample_size, int) else list(c.sample_size)
+        info = {"name": args.dataset, "data_shape": [c.in_channels, *size], "scaler": None}
+        meta = {"model": f"diffusers:{args.diffusers}", "scheduler": scheduler, "var_type": denoiser.var_type,
+                "clip_x0": denoiser.clip_x0}
+        return denoiser.to(device), Config(), info, meta, device
     run = load_run(args.run_dir, ema=not args.no_ema, device=device)
     meta = {"model": str(run.dir), "step": run.step, "ema": not args.no_ema}
     return run.denoiser, run.config, run.data, meta, device
@@ -96,15 +98,26 @@ def cmd_sample(args) -> None:
     denoiser, cfg, data, meta, device = _denoiser_for(args)
     sc = cfg.sample
     sampler = args.sampler or sc.sampler
+    if sampler != "ddim" and (args.eta is not None or args.clipped_eps):
+        raise DiffpropError(f"--eta and --clipped-eps apply to --sampler ddim, not {sampler}")
     steps = args.steps or sc.steps or (50 if sampler == "ddim" else denoiser.schedule.T)
-    clip = sc.clip_x0 or (1.0 if len(data["data_shape"]) == 3 else 0.0)
-    options = {"eta": args.eta if args.eta is not None else sc.eta} if sampler == "ddim" else \
+    # a diffusers checkpoint clips as its scheduler says (clip_sample); runs as configured, images at 1 by default
+    clip = denoiser.clip_x0 if args.diffusers else (sc.clip_x0 or (1.0 if len(data["data_shape"]) == 3 else None))
+    if args.clipped_eps and clip is None:
+        raise DiffpropError("--clipped-eps needs x0 clipping, and this model samples without it")
+    options = {"eta": args.eta if args.eta is not None else sc.eta,
+               "clipped_eps": args.clipped_eps or sc.clipped_eps} if sampler == "ddim" else \
         {"var_type": denoiser.var_type}
+    if args.diffusers and steps < denoiser.schedule.T:
+        meta["spacing"] = "round(linspace(1, T, steps)), diffprop's; not the scheduler's timestep_spacing"
+        print(f"diffprop: note: {steps} < T = {denoiser.schedule.T} steps: diffprop respaces its own way, not by "
+              f"the scheduler's timestep_spacing {meta['scheduler']['timestep_spacing']!r} (steps_offset "
+              f"{meta['scheduler']['steps_offset']}), so samples differ from the diffusers pipeline's", file=sys.stderr)
     out = sample(denoiser, args.num or sc.num, tuple(data["data_shape"]), sampler=sampler, steps=steps,
                  seed=args.seed, device=device, batch_size=args.batch_size or sc.batch_size or None,
-                 clip_x0=clip or None, **options).x.float().cpu()
+                 clip_x0=clip, **options).x.float().cpu()
     out = to_data_units(out, data.get("scaler"))
-    meta.update(sampler=sampler, steps=steps, seed=args.seed, **options)
+    meta.update(sampler=sampler, steps=steps, seed=args.seed, clip_x0=clip, **options)
     default = (Path(args.run_dir) / "samples" / f"{sampler}-{steps}-seed{args.seed}.npz" if args.run_dir
                else Path(f"samples-oracle-{args.oracle}.npz" if args.oracle else "samples-diffusers.npz"))
     path = Path(args.out or default)
@@ -286,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", choices=("ddpm", "ddim"), help="default: the run's sample.sampler")
     s.add_argument("--steps", type=_positive(int), help="sampling steps (default: T for ddpm, 50 for ddim)")
     s.add_argument("--eta", type=float, help="DDIM stochasticity (0: deterministic)")
+    s.add_argument("--clipped-eps", action="store_true",
+                   help="DDIM with x0 clipping: step with the noise implied by the clipped x0, not the model's "
+                   "(diffusers' use_clipped_model_output; default: the run's sample.clipped_eps)")
     s.add_argument("--num", type=_positive(int), help="number of samples (default: the run's sample.num)")
     s.add_argument("--batch-size", type=_positive(int), help="sampling batch size")
     s.add_argument("--seed", type=int, default=0, help="seed of x_T and all sampling noise")

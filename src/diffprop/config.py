@@ -171,6 +171,8 @@ class SampleConfig:
     eta: float = _f(0.0, "DDIM stochasticity", min=0.0)
     batch_size: int = _f(0, "sampling batch size (0: all at once)", min=0)
     clip_x0: float = _f(0.0, "clip predicted x0 to [-c, c] (0: off; images use 1)", min=0.0)
+    clipped_eps: bool = _f(False, "ddim: with clipping, use the noise implied by the clipped x0 "
+                                  "(diffusers' use_clipped_model_output) instead of the model's")
 
 
 @dataclass

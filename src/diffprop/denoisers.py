@@ -33,12 +33,15 @@ class DenoiserBase(nn.Module):
     ``stochastic`` denoisers draw fresh latent noise from ``generator`` on every call (two calls on the same
     input differ); the others ignore ``generator``. ``var_type`` is the backward variance the model was trained
     for (``beta``, 000's choice, or ``beta_tilde``; a run's ``diffusion.var_type``, a diffusers scheduler's
-    ``variance_type``): ancestral samplers, losses and diagnostics read it from here.
+    ``variance_type``): ancestral samplers, losses and diagnostics read it from here. ``clip_x0`` is the range
+    ``c`` the model's sampler clips predicted x0 to (``[-c, c]``; a diffusers scheduler's ``clip_sample_range``
+    when ``clip_sample`` is set; None: no clipping): samplers use it unless given one.
     """
 
     schedule: NoiseSchedule
     stochastic = False
     var_type = "beta"
+    clip_x0: float | None = None
 
     def set_var_type(self, var_type: str) -> "DenoiserBase":
         if var_type not in VAR_TYPES:

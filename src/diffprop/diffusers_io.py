@@ -3,6 +3,15 @@
 Accepts a pipeline folder (``unet/`` and ``scheduler/`` subfolders, as ``DDPMPipeline.save_pretrained``
 writes) or a bare ``UNet2DModel.save_pretrained`` folder holding ``scheduler_config.json`` too.
 Weights are read from safetensors only, never from pickles.
+
+The scheduler's sampling settings travel with the denoiser: ``variance_type`` becomes its ``var_type``
+(``fixed_small`` and ``fixed_small_log``, whose ``exp(0.5 log v)`` is the same standard deviation, are
+``beta_tilde``; ``fixed_large`` is ``beta``) and ``clip_sample`` / ``clip_sample_range`` its ``clip_x0``, so
+DDPM sampling with all T steps is diffusers' ``DDPMPipeline`` draw for draw. What diffprop cannot reproduce is
+refused: learned variances, ``fixed_large_log`` (diffusers' ``DDPMScheduler.step`` draws it with standard
+deviation ``sqrt(log beta_t)``, NaN), dynamic thresholding, zero-terminal-SNR rescaling, class-conditional
+U-Nets. ``timestep_spacing`` / ``steps_offset`` only shape diffusers' respaced chains; diffprop respaces its own
+way (:meth:`~diffprop.schedules.NoiseSchedule.spaced`), so with fewer steps than T the two differ.
 """
 from __future__ import annotations
 
@@ -16,9 +25,14 @@ from .nets.unet import UNet
 from .schedules import NoiseSchedule, make_betas
 
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+VARIANCE_TYPES = {"fixed_small": "beta_tilde", "fixed_small_log": "beta_tilde", "fixed_large": "beta"}
+SETTINGS = ("num_train_timesteps", "beta_schedule", "prediction_type", "variance_type", "clip_sample",
+            "clip_sample_range", "timestep_spacing", "steps_offset")
 
 
-def load_diffusers(path: str | Path) -> Denoiser:
+def load_diffusers(path: str | Path) -> tuple[Denoiser, dict]:
+    """The checkpoint as a :class:`Denoiser` (its ``var_type`` and ``clip_x0`` set from the scheduler) and the
+    scheduler settings it was read with (diffusers' names, for the outputs' meta)."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     path = Path(path)
@@ -33,12 +47,31 @@ def load_diffusers(path: str | Path) -> Denoiser:
         sched = DDPMScheduler.from_pretrained(sched_dir, local_files_only=True)
     except (OSError, ValueError, EnvironmentError) as e:
         raise DiffpropError(f"{path}: cannot load a UNet2DModel + DDPMScheduler ({str(e).splitlines()[0]})") from None
-    c = sched.config
+    c, u = sched.config, unet.config
     if c.prediction_type not in PREDICTION_TYPES:
         raise DiffpropError(f"{path}: prediction_type {c.prediction_type!r} is not supported; "
                             f"allowed: {', '.join(PREDICTION_TYPES)}")
+    if c.variance_type not in VARIANCE_TYPES:
+        why = {"fixed_large_log": "diffusers' DDPMScheduler.step draws it with std sqrt(log beta_t), NaN"}
+        raise DiffpropError(f"{path}: variance_type {c.variance_type!r} is not supported "
+                            f"({why.get(c.variance_type, 'diffprop samples with a fixed variance')}); "
+                            f"allowed: {', '.join(VARIANCE_TYPES)}")
+    if u.out_channels != u.in_channels:
+        raise DiffpropError(f"{path}: the UNet has {u.out_channels} output channels for {u.in_channels} input "
+                            f"channels; diffprop needs one prediction per input channel")
+    if u.num_class_embeds is not None or u.class_embed_type is not None:
+        raise DiffpropError(f"{path}: class-conditional UNet (num_class_embeds or class_embed_type set) is not "
+                            f"supported; diffprop samples unconditional models")
+    if c.thresholding:
+        raise DiffpropError(f"{path}: thresholding (dynamic x0 thresholding) is not supported; "
+                            f"use clip_sample instead")
+    if c.get("rescale_betas_zero_snr"):
+        raise DiffpropError(f"{path}: rescale_betas_zero_snr is not supported (abar_T = 0)")
     if c.beta_schedule == "linear" and c.trained_betas is None:  # recompute in float64
         betas = make_betas("linear", c.num_train_timesteps, c.beta_start, c.beta_end)
     else:
         betas = np.asarray(sched.betas, dtype=np.float64)
-    return Denoiser(UNet.from_diffusers(unet), NoiseSchedule(betas), PREDICTION_TYPES[c.prediction_type]).eval()
+    denoiser = Denoiser(UNet.from_diffusers(unet), NoiseSchedule(betas), PREDICTION_TYPES[c.prediction_type],
+                        VARIANCE_TYPES[c.variance_type]).eval()
+    denoiser.clip_x0 = float(c.clip_sample_range) if c.clip_sample else None
+    return denoiser, {k: c[k] for k in SETTINGS}
