@@ -279,7 +279,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="diffprop", description="Train, sample and diagnose diffusion models; "
-                                "measure and reduce error propagation along their sampling chains.")
+                                "measure and reduce error propagation along their sampling chains.",
+                epilog="Papers are cited by author and year; docs/references.md has the full citations.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a denoiser from a TOML config",
@@ -326,17 +327,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="output JSON (default: next to the samples)")
     e.set_defaults(fn=cmd_evaluate)
 
-    m = sub.add_parser("measure", help="error-propagation curves of a model (000 Sec. 4)",
+    m = sub.add_parser("measure", help="error-propagation curves of a model (Li & van der Schaar 2024, Sec. 4)",
                        description="Cumulative, modular and bootstrapped MMD errors along the sampling chain, "
-                       "the amplification factor (000 Eq. 6) and a permutation noise floor, per kernel. Writes "
-                       "propagation.csv, propagation.png and summary.json.")
+                       "the amplification factor (Li & van der Schaar 2024, Eq. 6) and a permutation noise floor, "
+                       "per kernel. Writes propagation.csv, propagation.png and summary.json.")
     _add_model_source(m, "the data to compare with (default: the run's; required with --diffusers)")
     m.add_argument("--num", type=_positive(int), default=1000, help="N = M samples per side (default 1000)")
     m.add_argument("--grid", default="20", help="number of timesteps measured (log-spaced), or a comma list "
                    "of timesteps in 1..T (default 20)")
     m.add_argument("--kernels", default="rbf,laplace,imq",
                    help="comma list of rbf, laplace, imq, rbf-mix; KERNEL@H fixes the bandwidth (e.g. rbf@0.1)")
-    m.add_argument("--bootstrap-steps", type=_positive(int), default=5, help="L of the bootstrapped chain (000 Sec. 5.2)")
+    m.add_argument("--bootstrap-steps", type=_positive(int), default=5,
+                   help="L of the bootstrapped chain (Li & van der Schaar 2024, Sec. 5.2)")
     m.add_argument("--permutations", type=_positive(int), default=100, help="permutations for the noise floor")
     m.add_argument("--repeats", type=_positive(int), default=1,
                    help="repeat with fresh seeds; columns become means, *_std columns their spread")

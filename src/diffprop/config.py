@@ -44,7 +44,8 @@ class DiffusionConfig:
     beta_end: float = _f(0.0, "last beta of the linear schedule, used as given (0: Ho et al.'s 0.02 scaled by "
                          "1000 / T, so that any T ends near N(0, I))", min=0.0, lt=1.0)
     parameterization: str = _f("eps", "what the network predicts", choices=("eps", "x0", "v"))
-    var_type: str = _f("beta", "backward variance sigma_t^2 (000 uses beta)", choices=("beta", "beta_tilde"))
+    var_type: str = _f("beta", "backward variance sigma_t^2 (Li & van der Schaar 2024 use beta)",
+                       choices=("beta", "beta_tilde"))
 
 
 @dataclass
@@ -55,7 +56,8 @@ class ModelConfig:
     time_dim: int = _f(128, "MLP sinusoidal time-embedding size", min=2)
     dropout: float = _f(0.0, "dropout probability (U-Net: 0 keeps the preset's own)", min=0.0, lt=1.0)
     preset: str = _f("tiny", "U-Net preset", choices=("tiny", "small", "ddpm-cifar10"))
-    smd: bool = _f(False, "soft mixture denoising around the backbone (002 Sec. 4), set up in [smd]")
+    smd: bool = _f(False, "soft mixture denoising around the backbone (Li, van Breugel & van der Schaar 2024, Sec. 4), "
+                   "set up in [smd]")
 
 
 @dataclass
@@ -71,11 +73,12 @@ class SMDConfig:
     eta_dim: int = _f(16, "embedding: size of eta (official: eta is shaped like x_t)", min=1)
     g_width: int = _f(0, "width of g_xi: U-Net channels (official on images; a multiple of 4) or MLP units (0: a "
                     "quarter of the backbone's, at least 8 channels or 16 units)", min=0)
-    n_eta: int = _f(1, "eta draws per training example, their losses averaged (002 Alg. 1, Fig. 4; cost grows "
-                    "linearly)", min=1)
-    loss: str = _f("mse", "mse: 002 Eq. 14, the squared error averaged over eta draws (its minimiser ignores eta: "
+    n_eta: int = _f(1, "eta draws per training example, their losses averaged (Li, van Breugel & van der Schaar "
+                    "2024, Alg. 1, Fig. 4; cost grows linearly)", min=1)
+    loss: str = _f("mse", "mse: Li, van Breugel & van der Schaar 2024, Eq. 14: the squared error averaged over eta "
+                   "draws (its minimiser ignores eta: "
                    "see diffprop.nets.smd); energy: the energy score of the n_eta >= 2 draws, which rewards a spread "
-                   "over eta that matches the posterior's (not in 002)", choices=("mse", "energy"))
+                   "over eta that matches the posterior's (not in that paper)", choices=("mse", "energy"))
 
 
 @dataclass
@@ -105,7 +108,8 @@ REGULARIZERS = ("epdm", "consistency", "input_perturbation", "fokker_planck")
 
 @dataclass
 class ObjectiveConfig:
-    lambda_nl: float = _f(1.0, "weight of the denoising loss (000 Eq. 15's lambda_nl; the EPDM paper uses 0.8)",
+    lambda_nl: float = _f(1.0, "weight of the denoising loss (lambda_nl of Li & van der Schaar 2024, Eq. 15; they "
+                          "use 0.8)",
                           min=0.0)
     regularizers: list = _f((), "regularizers added to the loss, each weighted by its section's `weight`: "
                             "epdm, consistency, input_perturbation, fokker_planck", each=REGULARIZERS)
@@ -114,17 +118,19 @@ class ObjectiveConfig:
 @dataclass
 class EPDMConfig:
     """000 Sec. 5 / App. F. ``preset`` fills every field left at its "preset" value (0 or "preset")."""
-    preset: str = _f("paper", "paper (000's text) or official (the public code)", choices=("paper", "official"))
+    preset: str = _f("paper", "paper (the text of Li & van der Schaar 2024) or official (the public code)",
+                     choices=("paper", "official"))
     weight: float = _f(0.0, "lambda_reg (0: preset's: paper 0.2, official 1.0)", min=0.0)
     L: int = _f(0, "max bootstrapping steps s - t (0: preset's 5)", min=0)
     rho: float = _f(0.0, "time-weight rate, w_t ~ exp(rho (T - t)) (0: preset's 0.003)", min=0.0)
     time_weights: str = _f("preset", "T_wt: T * normalised w_t (mean 1), literal: normalised w_t (sums to 1 over "
                            "T, about 1/T of the loss), uniform: 1", choices=("preset", "T_wt", "literal", "uniform"))
-    init: str = _f("preset", "warm: x_s = q_sample(x_0', s) (000 Eq. 16); random: x_s ~ N(0, I) (ablation)",
+    init: str = _f("preset", "warm: x_s = q_sample(x_0', s) (Li & van der Schaar 2024, Eq. 16); random: x_s ~ N(0, I) "
+                   "(ablation)",
                    choices=("preset", "warm", "random"))
     kernel: str = _f("preset", "MMD kernel, optionally KERNEL@BANDWIDTH (paper: rbf; official: rbf-mix with "
                      "mean-distance bandwidth)")
-    estimator: str = _f("preset", "unbiased or biased (000 Eq. 13 as printed; official)",
+    estimator: str = _f("preset", "unbiased or biased (Li & van der Schaar 2024, Eq. 13 as printed; official)",
                         choices=("preset", "unbiased", "biased"))
     grad: str = _f("preset", "gradient through every chain step (all; official) or the last step only (last)",
                    choices=("preset", "all", "last"))

@@ -1,7 +1,7 @@
 """The exact denoiser of an isotropic Gaussian mixture, with knobs that emulate known model defects.
 
 For data ``sum_k w_k N(mu_k, s_k^2 I)`` every quantity of the diffusion is in closed form
-(002 Prop. 3.1; DESIGN.md's math reference), with ``v_k(t) = abar_t s_k^2 + 1 - abar_t``:
+(002 Prop. 3.1; each method below states its formula), with ``v_k(t) = abar_t s_k^2 + 1 - abar_t``:
 the noised marginal ``q(x_t)``, the responsibilities ``r_k(x_t)``, the optimal ``E[x_0|x_t]`` and
 noise prediction, and the true backward transition ``q(x_{t-1}|x_t)``, itself a Gaussian mixture.
 All of it is computed in float64.

@@ -12,8 +12,8 @@ from .epdm_table1 import EPDM
 from .figures import plot_tradeoff
 from .tables import by_variant, write_report, write_table
 
-CLAIM = ("000 Fig. 4: as the number of bootstrapping steps L grows (1, 3, 5, 7, 10), quality improves and levels off "
-         "while the time per training step grows without bound")
+CLAIM = ("Li & van der Schaar (2024), Fig. 4: as the number of bootstrapping steps L grows (1, 3, 5, 7, 10), quality "
+         "improves and levels off while the time per training step grows without bound")
 LS = (1, 3, 5, 7, 10)
 VARIANTS = {f"L={L}": EPDM + [f"epdm.L={L}"] for L in LS}
 SCALES = common.SCALES
@@ -48,7 +48,8 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
                 f"p = {q_p:.3g}; gain from L = 1 to 3: {gains[0]:.3g}, from L = 7 to 10: {gains[1]:.3g}\n")
     return write_report(
         study.out, study.title, CLAIM,
-        study.describe() + " EPDM as 000's text except L. Time per step measured side by side (each round times "
-        "every L in turn), besides each run's own wall clock.", measured, {"tradeoff.png": "quality and time vs L"},
+        study.describe() + " EPDM as the text of Li & van der Schaar (2024) has it, except L. Time per step measured "
+        "side by side (each round times every L in turn), besides each run's own wall clock.", measured,
+        {"tradeoff.png": "quality and time vs L"},
         f"{word}: time per step {'grows' if time_ok else 'does not grow steadily'} with L; quality "
         f"{'improves' if quality_ok else 'does not improve significantly'} with L.")

@@ -11,8 +11,8 @@ from . import common
 from .epdm_table1 import EPDM
 from .tables import by_variant, compare, describe_tests, write_report, write_table
 
-CLAIM = ("000 Table 2: EPDM is better than with uniform weights w_t and than with random init (L = 5); random init "
-         "hurts less with L = 7 than with L = 5")
+CLAIM = ("Li & van der Schaar (2024), Table 2: EPDM is better than with uniform weights w_t and than with random "
+         "init (L = 5); random init hurts less with L = 7 than with L = 5")
 VARIANTS = {"epdm": EPDM,
             "uniform w_t": EPDM + ["epdm.time_weights=uniform"],
             "random init, L=5": EPDM + ["epdm.init=random", "epdm.L=5"],
@@ -41,7 +41,7 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     spread = float(np.ptp([np.mean(g[study.metric]) for g in groups.values()]))
     return write_report(
         study.out, study.title, CLAIM,
-        study.describe() + " EPDM as 000's text (lambda_nl = 0.8, lambda_reg = 0.2, L = 5, rho = 0.003); uniform "
-        "w_t = 1 is 000's w_t = 1/T on the T w_t scale (see diffprop.losses.epdm).",
+        study.describe() + " EPDM as the text of Li & van der Schaar (2024) has it (lambda_nl = 0.8, lambda_reg = 0.2, "
+        "L = 5, rho = 0.003); uniform w_t = 1 is the paper's w_t = 1/T on the T w_t scale (see diffprop.losses.epdm).",
         table + "\n" + describe_tests(tests, study.metric) + f"\nSpread of the means: {spread:.3g}.\n",
         {p: "samples" for p in study.pictures}, verdict)

@@ -19,8 +19,8 @@ from . import common
 from .smd_grid import SMD
 from .tables import by_variant, compare, describe_tests, write_report, write_table
 
-CLAIM = ("002 Fig. 2: on the 7x7 Gaussian grid DDPM with SMD converges much faster than DDPM and gives a more "
-         "accurate distribution once converged (distinguishable modes)")
+CLAIM = ("Li, van Breugel & van der Schaar (2024), Fig. 2: on the 7x7 Gaussian grid DDPM with SMD converges much "
+         "faster than DDPM and gives a more accurate distribution once converged (distinguishable modes)")
 VARIANTS = {"ddpm": [], "ddpm+smd": SMD}
 SNAPSHOTS = {"tiny": 2, "small": 4}
 SCALES = {
@@ -63,7 +63,8 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     return write_report(study.out, study.title, CLAIM,
                         f"{study.describe(scored=False)} Checkpoints every {every} steps, each sampled "
                         f"{study.scale.samples} times (DDPM, T steps, EMA weights) and scored with the exact mixture "
-                        "metrics. SMD: 002's official design, 002's loss (Eq. 14), one eta per example.",
+                        "metrics. SMD: the official design and the loss (Eq. 14) of Li, van Breugel & van der Schaar "
+                        "(2024), one eta per example.",
                         table + "\n" + "".join(describe_tests([t], f"log-likelihood at step {s}")
                                                for s, t in tests.items()),
                         figures, verdict(tests, study.seeds))

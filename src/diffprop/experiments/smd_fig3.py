@@ -19,8 +19,8 @@ from . import common
 from .smd_table1 import SCALES, VARIANTS
 from .tables import by_variant, compare, p_text, write_report, write_table
 
-CLAIM = ("002 Fig. 3: SMD improves quality (F1 of precision and recall) much more at few sampling steps than at many, "
-         "for both DDPM and DDIM samplers")
+CLAIM = ("Li, van Breugel & van der Schaar (2024), Fig. 3: SMD improves quality (F1 of precision and recall) much "
+         "more at few sampling steps than at many, for both DDPM and DDIM samplers")
 SAMPLERS = ("ddpm", "ddim")  # DDIM with eta = 0 (deterministic)
 STEPS = {"tiny": (5, 20), "small": (10, 20, 50, 100), "paper": (50, 100, 200, 500, 1000)}
 MINUTES = {"tiny": 0.3, "small": 25}  # measured: 21 min with smd-table1's runs already trained (else add its 100)

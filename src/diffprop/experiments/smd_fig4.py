@@ -18,8 +18,8 @@ from .smd_grid import SMD
 from .smd_table1 import SCALES as TABLE1_SCALES
 from .tables import by_variant, compare, p_text, write_report, write_table
 
-CLAIM = ("002 Fig. 4: with more eta draws per training example (n_eta = 1..5) the time per training step grows "
-         "linearly and the FID falls monotonically (6.5 % lower at 5 draws)")
+CLAIM = ("Li, van Breugel & van der Schaar (2024), Fig. 4: with more eta draws per training example (n_eta = 1..5) "
+         "the time per training step grows linearly and the FID falls monotonically (6.5 % lower at 5 draws)")
 N_ETA = {"tiny": (1, 2), "small": (1, 2), "paper": (1, 2, 3, 4, 5)}  # trained and scored
 TIMED = {"tiny": (1, 2, 3), "small": (1, 2, 3, 4, 5), "paper": (1, 2, 3, 4, 5)}  # timed side by side (cheap)
 VARIANTS = {f"n_eta={n}": SMD + [f"smd.n_eta={n}"] for n in N_ETA["paper"]}  # (the paper's, for its estimate)
@@ -63,12 +63,12 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
                 f"{fit.slope:.3g} n_eta ms, R^2 = {fit.rvalue ** 2:.3f}\n- {study.metric} against n_eta over all runs: "
                 f"Spearman {res.statistic:.2f}, p = {res.pvalue:.3g}; means {', '.join(f'{m:.4g}' for m in means)} "
                 f"({'monotone' if monotone else 'not monotone'}); {100 * rel:+.1f} % from n_eta = {n_eta[0]} to "
-                f"{n_eta[-1]} (positive = lower; 002: 6.5 % at 5), {p_text(test['p'])}\n")
+                f"{n_eta[-1]} (positive = lower; the paper: 6.5 % at 5), {p_text(test['p'])}\n")
     return write_report(
         study.out, study.title, CLAIM,
         study.describe() + f" DDPM + SMD (official design) trained with n_eta in {n_eta}: each example's loss averaged "
-        f"over n_eta draws of eta (002 Alg. 1). Time per step measured side by side for n_eta in {timed} (each round "
-        "times every n_eta in turn).",
+        f"over n_eta draws of eta (Li, van Breugel & van der Schaar 2024, Alg. 1). Time per step measured side by side "
+        f"for n_eta in {timed} (each round times every n_eta in turn).",
         measured, {"tradeoff.png": "quality and time vs n_eta"},
         f"{word}: time per step {'grows' if time_ok else 'does not grow'} linearly with n_eta; {study.metric} "
         f"{'falls' if quality_ok else 'does not fall'} monotonically and significantly ({100 * rel:+.1f} % at "

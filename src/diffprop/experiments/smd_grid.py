@@ -32,8 +32,9 @@ from ..samplers import sample
 from ..training import Trainer
 from .tables import by_variant, compare, describe_tests, mean_std
 
-CLAIM = ("002 Fig. 2-4: soft mixture denoising (SMD) makes a DDPM fit the Gaussian grid better, most of all with "
-         "few sampling steps, and more eta draws per training step (n_eta) improve it further")
+CLAIM = ("Li, van Breugel & van der Schaar (2024), Fig. 2-4: soft mixture denoising (SMD) makes a DDPM fit the "
+         "Gaussian grid better, most of all with few sampling steps, and more eta draws per training step (n_eta) "
+         "improve it further")
 SMD = ["model.smd=true", "smd.variant=official"]
 VARIANTS = {"ddpm": [], "smd": SMD, "smd-n_eta2": SMD + ["smd.n_eta=2"], "smd-n_eta5": SMD + ["smd.n_eta=5"],
             "smd-energy": SMD + ["smd.n_eta=2", "smd.loss=energy"]}
@@ -162,7 +163,7 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
         f"16, two hypernet blocks); {s['samples']} samples per model and DDPM step count. eta_spread: RMS std of "
         f"the x0-prediction over {ETA_DRAWS} eta draws at t = T/2 (0 for DDPM); the exact posterior's is "
         f"{exact_spread:.3g}.\n\n**Measured.**\n\n{table}\n" + (lines + "\n" if seeds > 1 else "") +
-        "![quality vs sampling steps](quality_vs_steps.png)\n\nSamples over training (002 Fig. 2), seed 0:\n\n"
+        "![quality vs sampling steps](quality_vs_steps.png)\n\nSamples over training (the paper's Fig. 2), seed 0:\n\n"
         "![ddpm](scatter_ddpm.png)\n\n![smd](scatter_smd.png)\n\n**Reproduces?** " + _verdict(tests, seeds) + "\n")
     return report
 

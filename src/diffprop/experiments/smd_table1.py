@@ -16,7 +16,8 @@ from . import common
 from .smd_grid import SMD
 from .tables import by_variant, compare, describe_tests, write_report, write_table
 
-CLAIM = ("002 Table 1: soft mixture denoising improves DDPM's FID on every image dataset at T = 1000 "
+CLAIM = ("Li, van Breugel & van der Schaar (2024), Table 1: soft mixture denoising improves DDPM's FID on every "
+         "image dataset at T = 1000 "
          "(CIFAR-10 3.78 -> 3.13, LSUN-Conference 4.15 -> 3.52, LSUN-Church 3.65 -> 3.17, CelebA-HQ 6.78 -> 6.35; "
          "12-17 % lower)")
 VARIANTS = {"ddpm": [], "ddpm+smd": SMD}
@@ -46,7 +47,7 @@ def verdict(t: dict, seeds: int, metric: str) -> str:
         return "undecided: one seed gives no t-test (run `--scale small`, 3 seeds)."
     word = "yes" if rel >= GAIN and t["significant"] else "partly" if t["better"] else "no"
     return (f"{word}: DDPM + SMD's {metric} is {100 * abs(rel):.1f} % {'lower' if rel > 0 else 'higher'} than DDPM's "
-            f"({t['mean_ours']:.4g} vs {t['mean_other']:.4g}, Welch p = {t['p']:.3g}; 002: 12-17 % lower).")
+            f"({t['mean_ours']:.4g} vs {t['mean_other']:.4g}, Welch p = {t['p']:.3g}; the paper: 12-17 % lower).")
 
 
 def run(out: Path, scale: str = "small", seeds: int | None = None, progress: bool = True, **options) -> Path:
@@ -56,9 +57,9 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     cols = ["steps", "ms_per_step", *study.columns]
     table = write_table(study.out, rows, cols)
     tests = compare(by_variant(rows, cols), study.metric, "ddpm+smd", ["ddpm"], alpha=0.05)
-    setup = (f"{study.describe()} SMD: 002's official design (a latent network g_xi on (x_t, eta) and two hypernet "
-             f"blocks f_phi around the U-Net, latent 16), trained with 002's loss (Eq. 14, one eta per example), "
-             f"sampled with a fresh eta every step (002 Alg. 2).")
+    setup = (f"{study.describe()} SMD: the official design of Li, van Breugel & van der Schaar (2024) (a latent "
+             f"network g_xi on (x_t, eta) and two hypernet blocks f_phi around the U-Net, latent 16), trained with "
+             f"their loss (Eq. 14, one eta per example), sampled with a fresh eta every step (their Alg. 2).")
     return write_report(study.out, study.title, CLAIM, setup,
                         table + "\n" + describe_tests(tests, study.metric) + gain_line(tests),
                         {p: "samples" for p in study.pictures}, verdict(tests[0], study.seeds, study.metric))

@@ -19,8 +19,8 @@ The penalty is the one of the public code (sony/fp-diffusion, ``scalar_fp='both'
     err = d_tau s - (g^2 / 2) grad_x (div s + |s|^2 + x . s).
 
 One difference, kept on purpose: the public code's scalar part is the L2 norm over the batch
-``||rhs||_2`` (grows like sqrt(batch)); here it is the batch mean of ``|rhs|`` (DESIGN.md), so its
-weight does not depend on the batch size. Note that the scalar part is not zero for the exact score
+``||rhs||_2`` (grows like sqrt(batch)); here it is the batch mean of ``|rhs|``, so its weight
+does not depend on the batch size. Note that the scalar part is not zero for the exact score
 (its mean under ``p_tau`` is ``-(g^2 / 2) D``, because ``E[div s + |s|^2] = 0`` and ``E[x . s] = -D``):
 it is a bias of the baseline, reproduced as published; the residual part is what vanishes.
 Also unlike the public code: the Hutchinson probe is Rademacher (theirs Gaussian; same mean, lower
