@@ -24,7 +24,7 @@ def test_set_reads_toml_values_and_falls_back_to_strings():
 
 @pytest.mark.parametrize("override, message", [
     (["diffusion.T=0"], r"diffusion.T must be >= 1, got 0"),
-    (["diffusion.beta_start=0"], r"diffusion.beta_start must be > 0.0"),
+    (["diffusion.beta_start=-1e-4"], r"diffusion.beta_start must be >= 0.0"),
     (["diffusion.beta_end=1.5"], r"diffusion.beta_end must be < 1.0"),
     (["sample.steps=-2"], r"sample.steps must be >= 0, got -2"),
     (["sample.steps=2000"], r"sample.steps \(2000\) must be <= diffusion.T \(1000\)"),

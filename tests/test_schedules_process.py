@@ -48,6 +48,33 @@ def test_schedule_names():
     assert SCHEDULES == ("linear", "cosine", "sigmoid")
 
 
+@pytest.mark.parametrize("T_", [10, 20, 50, 100, 1000, 4000])
+def test_linear_betas_scale_with_T_so_the_chain_ends_at_the_prior(T_):
+    """Ho et al.'s 1e-4..0.02 scaled by 1000/T (Nichol & Dhariwal 2021): abar_T ~ 4e-5 whatever T; unscaled, T = 100
+    stopped at abar_T = 0.36 and x_T ~ N(0, I) started far from q(x_T)."""
+    sched = NoiseSchedule.from_config("linear", T_)
+    assert float(sched.alpha_bars[-1]) <= 1e-3
+    lo, hi = min(1e-4 * 1000 / T_, 0.999), min(0.02 * 1000 / T_, 0.999)
+    np.testing.assert_allclose(sched.betas[1:].numpy(), np.linspace(lo, hi, T_), rtol=1e-15)
+    # explicit values are raw, as diffusers takes them
+    raw = NoiseSchedule.from_config("linear", T_, 1e-4, 0.02)
+    np.testing.assert_array_equal(raw.betas[1:].numpy(), np.linspace(1e-4, 0.02, T_))
+    if T_ == 100:
+        assert 0.36 < float(raw.alpha_bars[-1]) < 0.37
+
+
+def test_config_betas_default_to_scaled_and_keep_explicit_values():
+    from diffprop.config import load_config
+    from diffprop.runs import build_schedule
+
+    scaled = build_schedule(load_config(None, ["diffusion.T=100"]))
+    assert float(scaled.betas[1]) == pytest.approx(1e-3) and float(scaled.betas[-1]) == pytest.approx(0.2)
+    raw = build_schedule(load_config(None, ["diffusion.T=100", "diffusion.beta_start=1e-4", "diffusion.beta_end=0.02"]))
+    assert float(raw.betas[1]) == 1e-4 and float(raw.betas[-1]) == 0.02
+    with pytest.raises(DiffpropError, match=r"beta_start \(0.03\) must be <= diffusion.beta_end \(0.02\)"):
+        load_config(None, ["diffusion.T=100", "diffusion.beta_start=0.03", "diffusion.beta_end=0.02"])
+
+
 def test_linear_betas_are_linspace():
     np.testing.assert_array_equal(make_betas("linear", T), np.linspace(1e-4, 0.02, T))
     np.testing.assert_array_equal(make_betas("linear", 7, 1e-3, 0.05), np.linspace(1e-3, 0.05, 7))

@@ -21,21 +21,22 @@ BETA_MAX = 0.999  # cap on any beta (Nichol & Dhariwal 2021), so that alpha_t > 
 def linear_range(T: int, beta_start: float | None = None, beta_end: float | None = None) -> tuple[float, float]:
     """The linear schedule's ``(beta_1, beta_T)``: the given values, or Ho et al.'s ``(1e-4, 0.02)`` scaled by
     ``1000 / T`` (Nichol & Dhariwal 2021, as improved-diffusion does) so that every T ends near ``N(0, I)``
-    (``abar_T`` ~ 4e-5 for any T >= 50; unscaled, T = 100 would stop at ``abar_T = 0.36``)."""
+    (``abar_T`` ~ 4e-5 for any T >= 50; unscaled, T = 100 would stop at ``abar_T = 0.36``). Scaled values are
+    capped at 0.999, which T < 21 reaches."""
     scale = 1000 / T
-    return (BETA_START * scale if beta_start is None else beta_start,
-            BETA_END * scale if beta_end is None else beta_end)
+    return (min(BETA_START * scale, BETA_MAX) if beta_start is None else beta_start,
+            min(BETA_END * scale, BETA_MAX) if beta_end is None else beta_end)
 
 
 def make_betas(kind: str, T: int, beta_start: float | None = None, beta_end: float | None = None) -> np.ndarray:
     """``beta_1..beta_T`` (float64, shape (T,)) for the named schedule.
 
     ``beta_start`` / ``beta_end`` apply to ``linear`` only: explicit values are used as given (diffusers'
-    convention); ``None`` scales Ho et al.'s by ``1000 / T`` (:func:`linear_range`). Betas are capped at 0.999,
-    which only a scaled schedule with T < 21 reaches."""
+    convention); ``None`` scales Ho et al.'s by ``1000 / T`` (:func:`linear_range`)."""
+    if T < 1:
+        raise DiffpropError(f"betas must be a non-empty 1-D array: T must be >= 1, got {T}")
     if kind == "linear":  # Ho et al. 2020; 000's default
-        lo, hi = linear_range(T, beta_start, beta_end)
-        return np.minimum(np.linspace(lo, hi, T, dtype=np.float64), BETA_MAX)
+        return np.linspace(*linear_range(T, beta_start, beta_end), T, dtype=np.float64)
     if kind == "cosine":  # Nichol & Dhariwal 2021, = diffusers' "squaredcos_cap_v2"
         f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
         return np.array([min(1 - f((i + 1) / T) / f(i / T), BETA_MAX) for i in range(T)])

@@ -16,7 +16,7 @@ from ..checkpoint import list_checkpoints
 from ..plots import _save, plot_scatter, plt
 from ..runs import load_run
 from . import common
-from .smd_grid import SMD
+from .smd_grid import SMD, TINY_BETAS
 from .tables import by_variant, compare, describe_tests, write_report, write_table
 
 CLAIM = ("Li, van Breugel & van der Schaar (2024), Fig. 2: on the 7x7 Gaussian grid DDPM with SMD converges much "
@@ -24,7 +24,8 @@ CLAIM = ("Li, van Breugel & van der Schaar (2024), Fig. 2: on the 7x7 Gaussian g
 VARIANTS = {"ddpm": [], "ddpm+smd": SMD}
 SNAPSHOTS = {"tiny": 2, "small": 4}
 SCALES = {
-    "tiny": replace(common.SCALES["tiny"], data="gmm-grid", steps=60),
+    "tiny": replace(common.SCALES["tiny"], data="gmm-grid", steps=60, train=(*common.SCALES["tiny"].train,
+                                                                          *TINY_BETAS)),  # see smd_grid
     # the demo's recipe (97 % of samples within 4 std of a mode after 12k steps at batch 512) at 2/3 of its work
     "small": replace(common.SCALES["small"], data="gmm-grid", steps=8000,
                      mlp=("model.width=256", "model.depth=4"),
