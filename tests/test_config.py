@@ -27,6 +27,7 @@ def test_set_reads_toml_values_and_falls_back_to_strings():
     (["diffusion.beta_start=-1e-4"], r"diffusion.beta_start must be >= 0.0"),
     (["diffusion.beta_end=1.5"], r"diffusion.beta_end must be < 1.0"),
     (["sample.steps=-2"], r"sample.steps must be >= 0, got -2"),
+    (["sample.clipped_eps=true"], r"sample.clipped_eps applies to sample.sampler = 'ddim', not 'ddpm'"),
     (["sample.steps=2000"], r"sample.steps \(2000\) must be <= diffusion.T \(1000\)"),
     (["sample.sampler=heun"], r"sample.sampler = 'heun' is not allowed; allowed: ddpm, ddim"),
     (["data.name=mnist"], r"data.name = 'mnist' is not a dataset; allowed: gmm-grid, .*csv:PATH"),

@@ -274,6 +274,9 @@ def _cross_check(cfg: Config) -> Config:
     if cfg.model.smd and cfg.model.kind == "unet" and s.variant == "official" and s.g_width % 4:
         raise DiffpropError(f"config: smd.g_width ({s.g_width}) must be a multiple of 4 for the official variant's "
                             f"U-Net g_xi (or 0: automatic)")
+    if cfg.sample.clipped_eps and cfg.sample.sampler != "ddim":
+        raise DiffpropError(f"config: sample.clipped_eps applies to sample.sampler = 'ddim', not "
+                            f"{cfg.sample.sampler!r}")
     if cfg.sample.steps > d.T:
         raise DiffpropError(f"config: sample.steps ({cfg.sample.steps}) must be <= diffusion.T ({d.T})")
     return cfg
