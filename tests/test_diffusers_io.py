@@ -63,7 +63,7 @@ def test_sample_matches_ddpm_pipeline(tmp_path, capsys, variance_type, clip):
     assert (np.abs(x).max() <= 1) == clip
     assert meta["var_type"] == VAR_TYPE[variance_type] and meta["clip_x0"] == (1.0 if clip else None)
     assert meta["scheduler"]["variance_type"] == variance_type and meta["scheduler"]["clip_sample"] == clip
-    assert meta["steps"] == T and "spacing" not in meta
+    assert meta["steps"] == T and meta["spacing"] == "leading"
 
 
 @pytest.mark.parametrize("clipped", [False, True])
@@ -80,12 +80,32 @@ def test_ddim_with_all_steps_matches_ddim_pipeline(tmp_path, capsys, clipped):
     assert meta["clip_x0"] == 0.5 and meta["clipped_eps"] == clipped
 
 
-def test_fewer_steps_are_noted_not_claimed_equivalent(tmp_path, capsys):
-    _pipeline(tmp_path / "ckpt")
-    _, meta, err = _sample(capsys, tmp_path / "ckpt", "--steps", "10")
-    assert (f"diffprop: note: 10 < T = {T} steps: diffprop respaces its own way, not by the scheduler's "
-            f"timestep_spacing 'leading' (steps_offset 0)") in err
-    assert meta["spacing"].startswith("round(linspace(1, T, steps))")
+@pytest.mark.parametrize("spacing, offset", [("leading", 0), ("leading", 2), ("trailing", 0)])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_fewer_steps_follow_the_scheduler_spacing(tmp_path, capsys, spacing, offset, sampler):
+    """K = 10 steps of T = 30: diffusers steps from k to k - 3, which is the next timestep visited with leading
+    spacing (any steps_offset below 3) and trailing spacing, so the respaced samples are the pipeline's."""
+    pipe = _pipeline(tmp_path / "ckpt", timestep_spacing=spacing, steps_offset=offset, variance_type="fixed_small")
+    if sampler == "ddim":
+        pipe = DDIMPipeline(pipe.unet, DDIMScheduler.from_config(pipe.scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
+    ref = pipe(batch_size=N, generator=torch.Generator().manual_seed(SEED), num_inference_steps=10,
+               output_type="np").images
+    x, meta, err = _sample(capsys, tmp_path / "ckpt", "--steps", "10", "--sampler", sampler)
+    np.testing.assert_allclose(_as_pipeline_output(x), ref, rtol=0, atol=1e-5)
+    assert meta["spacing"] == spacing and meta["offset"] == (offset if spacing == "leading" else 0)
+    assert "note" not in err
+
+
+def test_fewer_steps_on_another_chain_are_noted(tmp_path, capsys):
+    """diffprop's even spacing, or diffusers' linspace, visit timesteps diffusers' schedulers do not step between."""
+    _pipeline(tmp_path / "ckpt", timestep_spacing="linspace")
+    for extra in ([], ["--spacing", "even"]):
+        _, meta, err = _sample(capsys, tmp_path / "ckpt", "--steps", "10", *extra)
+        assert (f"diffprop: note: with {meta['spacing']} spacing and 10 of T = {T} steps, diffusers' scheduler steps "
+                f"from k to k - T // steps = k - 3 and diffprop to the next timestep it visits, so samples differ from "
+                f"the diffusers pipeline's") in err
+        assert meta["spacing"] == (extra[-1] if extra else "linspace")
 
 
 def test_clipped_eps_needs_a_clipping_checkpoint(tmp_path, capsys):

@@ -45,7 +45,7 @@ def _gen(seed: int) -> torch.Generator:
 # ----------------------------------------------------------------------------------------------
 
 def test_schedule_names():
-    assert SCHEDULES == ("linear", "cosine", "sigmoid")
+    assert SCHEDULES == ("linear", "cosine", "sigmoid_abar")
 
 
 @pytest.mark.parametrize("T_", [10, 20, 50, 100, 1000, 4000])
@@ -94,7 +94,7 @@ def test_betas_and_alpha_bars_match_diffusers(kind):
                                rtol=5e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["linear", "cosine", "sigmoid"])
+@pytest.mark.parametrize("kind", ["linear", "cosine", "sigmoid_abar"])
 def test_derived_arrays(kind):
     sched = NoiseSchedule.from_config(kind, T)
     b = sched.betas.numpy()
@@ -124,8 +124,8 @@ def test_cosine_follows_nichol_dhariwal_alpha_bar():
     np.testing.assert_allclose(COS.alpha_bars[:first_cap].numpy(), ref[:first_cap], rtol=1e-10)
 
 
-def test_sigmoid_schedule():
-    sched = NoiseSchedule.from_config("sigmoid", T)
+def test_sigmoid_abar_schedule():
+    sched = NoiseSchedule.from_config("sigmoid_abar", T)
     b = sched.betas[1:]
     assert torch.all((b > 0) & (b < 1)) and b.max() <= 0.999
     abar = sched.alpha_bars
@@ -138,7 +138,7 @@ def test_sigmoid_schedule():
     ref = (s(3.0) - s(6 * u - 3)) / (s(3.0) - s(-3.0))
     np.testing.assert_allclose(abar[:T].numpy(), ref[:T], rtol=1e-9)
     assert b[-1] == pytest.approx(0.999)
-    small = NoiseSchedule.from_config("sigmoid", 10)
+    small = NoiseSchedule.from_config("sigmoid_abar", 10)
     assert small.T == 10 and torch.all(torch.diff(small.alpha_bars) < 0)
 
 
@@ -156,8 +156,12 @@ def test_invalid_betas_raise(betas, match):
 
 
 def test_invalid_schedule_configs_raise():
-    with pytest.raises(DiffpropError, match=r"unknown beta schedule 'quadratic'.*linear, cosine, sigmoid"):
+    with pytest.raises(DiffpropError, match=r"unknown beta schedule 'quadratic'; allowed: linear, cosine, sigmoid_abar"):
         make_betas("quadratic", 10)
+    # diffusers' "sigmoid" is another schedule: the name is refused, pointing at diffprop's new one
+    with pytest.raises(DiffpropError, match=r"unknown beta schedule 'sigmoid' \(diffprop's sigmoid schedule .* is now "
+                                            r"'sigmoid_abar'; diffusers' 'sigmoid' .* not implemented\)"):
+        make_betas("sigmoid", 10)
     with pytest.raises(DiffpropError, match="unknown beta schedule"):
         NoiseSchedule.from_config("squaredcos_cap_v2", 10)  # diffusers' name is not an alias
     with pytest.raises(DiffpropError, match="non-empty"):
@@ -192,6 +196,26 @@ def test_spaced():
     for bad in (0, -1, T + 1):
         with pytest.raises(DiffpropError, match=rf"steps must be in 1\.\.{T}.*got {bad}"):
             LIN.spaced(bad)
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+def test_diffusers_spacings_are_diffusers_timesteps(spacing):
+    """spaced(K, spacing) is diffusers' set_timesteps(K) with that timestep_spacing, read as t = k + 1."""
+    for n, offset in ((1000, 0), (1000, 1), (50, 0), (37, 0)):
+        if offset and spacing != "leading":
+            continue
+        sched = NoiseSchedule.from_config("linear", n)
+        ref = DDPMScheduler(num_train_timesteps=n, timestep_spacing=spacing, steps_offset=offset)
+        for K in sorted({K for K in (1, 2, 3, 7, 10, 33, 50, n // 2, n - 1, n) if K <= n}):
+            ref.set_timesteps(K)
+            if ref.timesteps.max() >= n:  # diffusers' own timesteps run past T - 1 (leading, offset 1, K = T)
+                with pytest.raises(DiffpropError, match=rf"steps_offset {offset} does not give {K} distinct"):
+                    sched.spaced(K, spacing, offset)
+                continue
+            assert sched.spaced(K, spacing, offset) == sorted(k + 1 for k in ref.timesteps.tolist()), (n, K)
+    with pytest.raises(DiffpropError, match=r"unknown timestep spacing 'uniform'; allowed: even, linspace, leading, "
+                                            r"trailing"):
+        LIN.spaced(10, "uniform")
 
 
 def test_gather_shapes_and_dtypes():

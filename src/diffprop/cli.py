@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import DiffpropError
+from .names import SPACINGS
 
 
 def _positive(kind):
@@ -34,7 +35,7 @@ def cmd_train(args) -> None:
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     if not args.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         raise DiffpropError(f"{out}: already holds a run; use --resume latest to continue it or --out for a new one")
-    trainer = Trainer(cfg, out, resume=args.resume, progress=not args.quiet)
+    trainer = Trainer(cfg, out, resume=args.resume, progress=not args.quiet, init_from=args.init_from)
     trainer.train()
     if trainer.acc.is_main_process:
         plot_loss(out / "log.jsonl", out / "loss.png")
@@ -92,10 +93,14 @@ def cmd_sample(args) -> None:
     import numpy as np
 
     from .data import to_data_units
+    from .diffusers_io import same_chain_as_diffusers
     from .plots import plot_samples
     from .samplers import sample
 
     denoiser, cfg, data, meta, device = _denoiser_for(args)
+    if args.format == "png-folder" and len(data["data_shape"]) != 3:
+        raise DiffpropError(f"--format png-folder writes images; {data['name']} data has shape "
+                            f"{tuple(data['data_shape'])} per item")
     sc = cfg.sample
     sampler = args.sampler or sc.sampler
     if sampler != "ddim" and (args.eta is not None or args.clipped_eps):
@@ -108,18 +113,32 @@ def cmd_sample(args) -> None:
     options = {"eta": args.eta if args.eta is not None else sc.eta,
                "clipped_eps": args.clipped_eps or sc.clipped_eps} if sampler == "ddim" else \
         {"var_type": denoiser.var_type}
-    if args.diffusers and steps < denoiser.schedule.T:
-        meta["spacing"] = "round(linspace(1, T, steps)), diffprop's; not the scheduler's timestep_spacing"
-        print(f"diffprop: note: {steps} < T = {denoiser.schedule.T} steps: diffprop respaces its own way, not by "
-              f"the scheduler's timestep_spacing {meta['scheduler']['timestep_spacing']!r} (steps_offset "
-              f"{meta['scheduler']['steps_offset']}), so samples differ from the diffusers pipeline's", file=sys.stderr)
+    # a diffusers checkpoint respaces as its scheduler says (timestep_spacing, steps_offset); runs as configured
+    scheduler = meta.get("scheduler", {})
+    options["spacing"] = args.spacing or scheduler.get("timestep_spacing") or sc.spacing
+    options["offset"] = scheduler.get("steps_offset", 0) if options["spacing"] == "leading" else 0
+    ts = denoiser.schedule.spaced(steps, options["spacing"], options["offset"])
+    if args.diffusers and steps < denoiser.schedule.T and not same_chain_as_diffusers(ts, denoiser.schedule.T):
+        print(f"diffprop: note: with {options['spacing']} spacing and {steps} of T = {denoiser.schedule.T} steps, "
+              f"diffusers' scheduler steps from k to k - T // steps = k - {denoiser.schedule.T // steps} and diffprop "
+              f"to the next timestep it visits, so samples differ from the diffusers pipeline's", file=sys.stderr)
+    default = (Path(args.run_dir) / "samples" / f"{sampler}-{steps}-seed{args.seed}.npz" if args.run_dir
+               else Path(f"samples-oracle-{args.oracle}.npz" if args.oracle else "samples-diffusers.npz"))
+    folder = Path(args.out or default.with_suffix(""))
+    if args.format == "png-folder" and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise DiffpropError(f"{folder}: exists and is not an empty folder; choose a new --out")
     out = sample(denoiser, args.num or sc.num, tuple(data["data_shape"]), sampler=sampler, steps=steps,
                  seed=args.seed, device=device, batch_size=args.batch_size or sc.batch_size or None,
                  clip_x0=clip, **options).x.float().cpu()
     out = to_data_units(out, data.get("scaler"))
     meta.update(sampler=sampler, steps=steps, seed=args.seed, clip_x0=clip, **options)
-    default = (Path(args.run_dir) / "samples" / f"{sampler}-{steps}-seed{args.seed}.npz" if args.run_dir
-               else Path(f"samples-oracle-{args.oracle}.npz" if args.oracle else "samples-diffusers.npz"))
+    if args.format == "png-folder":
+        from .data.images import save_image_folder
+
+        save_image_folder(out, folder)
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+        print(f"wrote {len(out)} PNG images and meta.json to {folder}")
+        return
     path = Path(args.out or default)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, samples=out.numpy().astype(np.float32), meta=json.dumps(meta))
@@ -210,6 +229,13 @@ def cmd_measure(args) -> None:
     print(f"wrote {out}/propagation.csv, propagation.png, summary.json")
 
 
+def cmd_export(args) -> None:
+    from .export import export_run
+
+    out = export_run(args.run_dir, args.out, ema=not args.no_ema)
+    print(f"wrote a diffusers DDPMPipeline to {out} (DDPMPipeline.from_pretrained({str(out)!r}) loads it)")
+
+
 def cmd_reproduce(args) -> None:
     from .experiments import get_experiment, listing
 
@@ -291,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set train.steps=500 (repeatable)")
     t.add_argument("--out", help="run folder (default: runs/CONFIG_NAME)")
     t.add_argument("--resume", metavar="latest|CKPT", help="continue from the newest or a given checkpoint")
+    t.add_argument("--init-from", metavar="DIR", help="fine-tune: start from the weights of a diffusers pipeline / "
+                   "UNet folder, a run folder (its EMA weights) or a checkpoint folder; the config must name the same "
+                   "model, schedule and parameterization (optimizer and EMA start afresh; see configs/finetune-epdm.toml)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
 
@@ -303,10 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clipped-eps", action="store_true",
                    help="DDIM with x0 clipping: step with the noise implied by the clipped x0, not the model's "
                    "(diffusers' use_clipped_model_output; default: the run's sample.clipped_eps)")
+    s.add_argument("--spacing", choices=SPACINGS, help="timesteps of a respaced chain (--steps < T): even = "
+                   "round(linspace(1, T, steps)); linspace, leading, trailing = diffusers' timestep_spacing "
+                   "(default: the run's sample.spacing; with --diffusers the scheduler's)")
     s.add_argument("--num", type=_positive(int), help="number of samples (default: the run's sample.num)")
     s.add_argument("--batch-size", type=_positive(int), help="sampling batch size")
     s.add_argument("--seed", type=int, default=0, help="seed of x_T and all sampling noise")
-    s.add_argument("--out", help="output .npz (default: RUN_DIR/samples/SAMPLER-STEPS-seedS.npz)")
+    s.add_argument("--format", choices=("npz", "png-folder"), default="npz",
+                   help="npz: samples + meta and a picture of them; png-folder (image data): one 8-bit PNG per "
+                   "image and meta.json in a new folder, as torch-fidelity and clean-fid read it")
+    s.add_argument("--out", help="output .npz or folder (default: RUN_DIR/samples/SAMPLER-STEPS-seedS[.npz])")
     s.set_defaults(fn=cmd_sample)
 
     e = sub.add_parser("evaluate", help="metrics of a samples file against a dataset",
@@ -347,6 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", help="output folder (default: RUN_DIR/measure or runs/measure)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.set_defaults(fn=cmd_measure)
+
+    x = sub.add_parser("export", help="write a U-Net run as a diffusers DDPMPipeline folder",
+                       description="Write a run's UNet2DModel (EMA weights unless --no-ema) and a DDPMScheduler with "
+                       "its betas, prediction_type, variance_type and clipping, in DDPMPipeline.save_pretrained's "
+                       "layout (safetensors). MLP and SMD runs are not diffusers models and are refused.")
+    x.add_argument("run_dir", help="run folder written by `diffprop train` (a U-Net run)")
+    x.add_argument("--out", required=True, help="the pipeline folder to write (new or empty)")
+    x.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    x.set_defaults(fn=cmd_export)
 
     d = sub.add_parser("demo", help="the main job: train, sample, evaluate and report on gmm-grid",
                        description="Train a DDPM on the 7x7 Gaussian grid, sample it beside the exact oracle, "

@@ -15,7 +15,8 @@ from typing import Any
 import tomli_w
 
 from .errors import DiffpropError
-from .schedules import linear_range
+from .names import ALIASES, RENAMED, SPACINGS
+from .schedules import SCHEDULES, linear_range
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,13 +39,17 @@ class DataConfig:
 @dataclass
 class DiffusionConfig:
     T: int = _f(1000, "number of diffusion steps", min=1)
-    schedule: str = _f("linear", "beta schedule", choices=("linear", "cosine", "sigmoid"))
+    schedule: str = _f("linear", "beta schedule: linear (Ho et al. 2020), cosine (Nichol & Dhariwal 2021; diffusers' "
+                       "squaredcos_cap_v2), sigmoid_abar (Jabri et al. 2022, the EPDM and SMD public code's sigmoid)",
+                       choices=SCHEDULES)
     beta_start: float = _f(0.0, "first beta of the linear schedule, used as given (0: Ho et al.'s 1e-4 scaled by "
                            "1000 / T)", min=0.0, lt=1.0)
     beta_end: float = _f(0.0, "last beta of the linear schedule, used as given (0: Ho et al.'s 0.02 scaled by "
                          "1000 / T, so that any T ends near N(0, I))", min=0.0, lt=1.0)
-    parameterization: str = _f("eps", "what the network predicts", choices=("eps", "x0", "v"))
-    var_type: str = _f("beta", "backward variance sigma_t^2 (Li & van der Schaar 2024 use beta)",
+    parameterization: str = _f("eps", "what the network predicts (diffusers' prediction_type epsilon, sample, "
+                               "v_prediction are accepted)", choices=("eps", "x0", "v"))
+    var_type: str = _f("beta", "backward variance sigma_t^2 (Li & van der Schaar 2024 use beta; diffusers' "
+                       "variance_type fixed_large = beta, fixed_small = beta_tilde are accepted)",
                        choices=("beta", "beta_tilde"))
 
 
@@ -85,7 +90,8 @@ class SMDConfig:
 class TrainConfig:
     steps: int = _f(10000, "optimizer steps", min=1)
     batch_size: int = _f(256, "global batch size", min=1)
-    lr: float = _f(1e-3, "AdamW learning rate", gt=0.0)
+    lr: float = _f(1e-3, "AdamW learning rate (0: the weights stay as they are, e.g. to check an --init-from)",
+                   min=0.0)
     weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
     warmup_steps: int = _f(100, "linear learning-rate warm-up steps", min=0)
     lr_schedule: str = _f("constant", "after warm-up: constant, or cosine decay to 0 at train.steps",
@@ -93,8 +99,13 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "max gradient norm (0: no clipping)", min=0.0)
     ema_decay: float = _f(0.999, "EMA decay", min=0.0, max=1.0)
     ema_warmup: bool = _f(True, "EMA decay min(decay, (1 + step) / (10 + step))")
-    mixed_precision: str = _f("no", "autocast precision (auto: bf16 on a GPU that has it)",
+    mixed_precision: str = _f("auto", "autocast precision (auto: accelerate's, from `accelerate launch "
+                              "--mixed_precision` or `accelerate config`; no otherwise)",
                               choices=("no", "auto", "fp16", "bf16"))
+    grad_accum: int = _f(1, "gradient accumulation: micro-batches per optimizer step (batch_size / processes must be "
+                         "divisible by it); the same gradient as one batch for per-example losses", min=1)
+    log_with: str = _f("none", "also log through accelerate's tracker (tensorboard: needs the package; into "
+                       "RUN_DIR/trackers), beside log.jsonl", choices=("none", "tensorboard"))
     device: str = _f("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
     checkpoint_every: int = _f(1000, "steps between checkpoints", min=1)
     keep_last: int = _f(3, "checkpoints kept", min=1)
@@ -179,6 +190,8 @@ class SampleConfig:
     clip_x0: float = _f(0.0, "clip predicted x0 to [-c, c] (0: off; images use 1)", min=0.0)
     clipped_eps: bool = _f(False, "ddim: with clipping, use the noise implied by the clipped x0 "
                                   "(diffusers' use_clipped_model_output) instead of the model's")
+    spacing: str = _f("even", "timesteps of a respaced chain (steps < T): even = round(linspace(1, T, steps)); "
+                      "linspace, leading, trailing = diffusers' timestep_spacing", choices=SPACINGS)
 
 
 @dataclass
@@ -230,6 +243,10 @@ def _check(key: str, value: Any, f: dataclasses.Field) -> Any:
         if len(set(value)) != len(value):
             raise DiffpropError(f"config: {key} lists {value!r}; each entry at most once")
         return tuple(value)
+    if isinstance(value, str):
+        value = ALIASES.get(key, {}).get(value, value)
+        if value in RENAMED.get(key, {}):
+            raise DiffpropError(f"config: {key} = {value!r} is ambiguous: {RENAMED[key][value][1]}")
     if "choices" in rule and value not in rule["choices"]:
         raise DiffpropError(f"config: {key} = {value!r} is not allowed; allowed: {', '.join(rule['choices'])}")
     if rule.get("dataset"):
@@ -320,9 +337,17 @@ def read_toml(path: str | Path) -> dict:
         raise DiffpropError(f"{path}: not valid TOML ({str(e).splitlines()[0]})") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """The defaults, updated by the TOML file at ``path`` and then by ``--set`` overrides, validated."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *, saved: bool = False) -> Config:
+    """The defaults, updated by the TOML file at ``path`` and then by ``--set`` overrides, validated. ``saved``: the
+    file is a run folder's ``config.toml``, written by diffprop, so a name renamed since it was written
+    (:data:`diffprop.names.RENAMED`) is read under its new name."""
     data = read_toml(path) if path is not None else {}
+    if saved:
+        for key, renamed in RENAMED.items():
+            section, name = key.split(".")
+            value = data.get(section, {}).get(name)
+            if isinstance(value, str) and value in renamed:
+                data[section][name] = renamed[value][0]
     return config_from_dict(apply_overrides(data, overrides or []))
 
 

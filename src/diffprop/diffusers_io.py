@@ -10,8 +10,13 @@ The scheduler's sampling settings travel with the denoiser: ``variance_type`` be
 DDPM sampling with all T steps is diffusers' ``DDPMPipeline`` draw for draw. What diffprop cannot reproduce is
 refused: learned variances, ``fixed_large_log`` (diffusers' ``DDPMScheduler.step`` draws it with standard
 deviation ``sqrt(log beta_t)``, NaN), dynamic thresholding, zero-terminal-SNR rescaling, class-conditional
-U-Nets. ``timestep_spacing`` / ``steps_offset`` only shape diffusers' respaced chains; diffprop respaces its own
-way (:meth:`~diffprop.schedules.NoiseSchedule.spaced`), so with fewer steps than T the two differ.
+U-Nets. With fewer steps than T, ``diffprop sample`` visits the timesteps of the scheduler's ``timestep_spacing`` /
+``steps_offset`` (:meth:`~diffprop.schedules.NoiseSchedule.spaced`) and steps from each to the next;
+diffusers' schedulers step from ``k`` to ``k - T // steps``, the same chain where
+:func:`same_chain_as_diffusers` says so (``leading``, the default, and ``trailing`` when steps divides T).
+
+The betas are read in float64 as the scheduler's config gives them (``trained_betas``, or ``linear`` /
+``squaredcos_cap_v2`` recomputed), not from its float32 tensor, so ``diffprop export`` round-trips exactly.
 """
 from __future__ import annotations
 
@@ -21,11 +26,10 @@ import numpy as np
 
 from .denoisers import Denoiser
 from .errors import DiffpropError
+from .names import BETA_SCHEDULES, PREDICTION_TYPES, VARIANCE_TYPES
 from .nets.unet import UNet
 from .schedules import NoiseSchedule, make_betas
 
-PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
-VARIANCE_TYPES = {"fixed_small": "beta_tilde", "fixed_small_log": "beta_tilde", "fixed_large": "beta"}
 SETTINGS = ("num_train_timesteps", "beta_schedule", "prediction_type", "variance_type", "clip_sample",
             "clip_sample_range", "timestep_spacing", "steps_offset")
 
@@ -67,11 +71,21 @@ def load_diffusers(path: str | Path) -> tuple[Denoiser, dict]:
                             f"use clip_sample instead")
     if c.get("rescale_betas_zero_snr"):
         raise DiffpropError(f"{path}: rescale_betas_zero_snr is not supported (abar_T = 0)")
-    if c.beta_schedule == "linear" and c.trained_betas is None:  # recompute in float64
-        betas = make_betas("linear", c.num_train_timesteps, c.beta_start, c.beta_end)
+    if c.trained_betas is not None:
+        betas = np.asarray(c.trained_betas, dtype=np.float64)
+    elif c.beta_schedule in BETA_SCHEDULES:  # recompute in float64
+        betas = make_betas(BETA_SCHEDULES[c.beta_schedule], c.num_train_timesteps, c.beta_start, c.beta_end)
     else:
         betas = np.asarray(sched.betas, dtype=np.float64)
     denoiser = Denoiser(UNet.from_diffusers(unet), NoiseSchedule(betas), PREDICTION_TYPES[c.prediction_type],
                         VARIANCE_TYPES[c.variance_type]).eval()
     denoiser.clip_x0 = float(c.clip_sample_range) if c.clip_sample else None
     return denoiser, {k: c[k] for k in SETTINGS}
+
+
+def same_chain_as_diffusers(ts: list[int], T: int) -> bool:
+    """Whether diffusers' DDPM / DDIM schedulers, stepping from ``k`` to ``k - T // len(ts)`` (below 0: ``abar = 1``),
+    walk the chain diffprop walks over timesteps ``ts`` (``t = k + 1``), from each to the next and from the first
+    to 0."""
+    r = T // len(ts)
+    return ts[0] - 1 < r and all(b - a == r for a, b in zip(ts, ts[1:]))

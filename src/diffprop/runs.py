@@ -69,7 +69,7 @@ def load_run(run_dir: str | Path, *, ema: bool = True, checkpoint: str = "latest
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise DiffpropError(f"{run_dir}: not a diffprop run folder (no config.toml)")
-    cfg = load_config(run_dir / "config.toml")
+    cfg = load_config(run_dir / "config.toml", saved=True)
     try:
         data = json.loads((run_dir / "data.json").read_text())
     except (OSError, json.JSONDecodeError) as e:

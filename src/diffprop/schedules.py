@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from .errors import DiffpropError
+from .names import RENAMED, SPACINGS
 
-SCHEDULES = ("linear", "cosine", "sigmoid")
+SCHEDULES = ("linear", "cosine", "sigmoid_abar")
 BETA_START, BETA_END = 1e-4, 0.02  # Ho et al. 2020's linear schedule at T = 1000
 BETA_MAX = 0.999  # cap on any beta (Nichol & Dhariwal 2021), so that alpha_t > 0
 
@@ -40,12 +41,13 @@ def make_betas(kind: str, T: int, beta_start: float | None = None, beta_end: flo
     if kind == "cosine":  # Nichol & Dhariwal 2021, = diffusers' "squaredcos_cap_v2"
         f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
         return np.array([min(1 - f((i + 1) / T) / f(i / T), BETA_MAX) for i in range(T)])
-    if kind == "sigmoid":  # Jabri et al. 2022, as in the EPDM/SMD official code (start -3, end 3, tau 1)
+    if kind == "sigmoid_abar":  # Jabri et al. 2022, the EPDM/SMD public code's "sigmoid" (start -3, end 3, tau 1)
         s = lambda u: 1 / (1 + np.exp(-u))  # noqa: E731
         u = np.linspace(0, 1, T + 1, dtype=np.float64)
         abar = (s(3.0) - s(6 * u - 3)) / (s(3.0) - s(-3.0))
         return np.clip(1 - abar[1:] / abar[:-1], 0, BETA_MAX)
-    raise DiffpropError(f"unknown beta schedule {kind!r}; allowed: {', '.join(SCHEDULES)}")
+    why = f" ({RENAMED['diffusion.schedule'][kind][1]})" if kind in RENAMED["diffusion.schedule"] else ""
+    raise DiffpropError(f"unknown beta schedule {kind!r}{why}; allowed: {', '.join(SCHEDULES)}")
 
 
 class NoiseSchedule:
@@ -80,10 +82,31 @@ class NoiseSchedule:
             return arr[int(t)]
         return arr[t.to(x.device)].reshape(-1, *([1] * (x.ndim - 1)))
 
-    def spaced(self, steps: int) -> list[int]:
-        """``steps`` timesteps spread evenly over 1..T, increasing, always including 1 and T."""
+    def spaced(self, steps: int, spacing: str = "even", offset: int = 0) -> list[int]:
+        """``steps`` timesteps of 1..T, increasing, that a respaced chain visits.
+
+        ``even``: ``round(linspace(1, T, steps))``, always including 1 and T. The others are diffusers'
+        ``timestep_spacing`` (``DDPMScheduler.set_timesteps``), its timesteps ``k`` read as ``t = k + 1``:
+        ``linspace`` ``round(linspace(0, T - 1, steps))`` (= ``even`` but where numpy's half-to-even rounding
+        differs), ``leading`` ``arange(steps) * (T // steps) + offset`` (diffusers' ``steps_offset``; its default),
+        ``trailing`` ``round(arange(T, 0, -T / steps)) - 1`` (always includes T: Lin et al. 2024). Samplers step
+        from each to the next one visited; diffusers' schedulers step from ``k`` to ``k - T // steps``, the same
+        chain for ``leading`` (with ``offset < T // steps``) and for ``trailing`` when ``steps`` divides T."""
         if not 1 <= steps <= self.T:
             raise DiffpropError(f"steps must be in 1..{self.T} (the schedule's T), got {steps}")
-        if steps == 1:
-            return [self.T]
-        return sorted({int(round(v)) for v in np.linspace(1, self.T, steps)})
+        T = self.T
+        if spacing == "even":
+            return [T] if steps == 1 else sorted({int(round(v)) for v in np.linspace(1, T, steps)})
+        if spacing == "linspace":
+            k = np.linspace(0, T - 1, steps).round()
+        elif spacing == "leading":
+            k = np.arange(steps) * (T // steps) + offset
+        elif spacing == "trailing":
+            k = np.round(np.arange(T, 0, -T / steps)) - 1
+        else:
+            raise DiffpropError(f"unknown timestep spacing {spacing!r}; allowed: {', '.join(SPACINGS)}")
+        ts = sorted({int(v) + 1 for v in k})
+        if len(ts) != steps or not 1 <= ts[0] <= ts[-1] <= T:
+            raise DiffpropError(f"{spacing} spacing with steps_offset {offset} does not give {steps} distinct "
+                                f"timesteps in 1..{T}")
+        return ts

@@ -8,6 +8,8 @@ continue bit-exactly on CPU.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import math
 import time
@@ -22,12 +24,14 @@ from .checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, s
 from .config import Config, load_config, save_config
 from .data import load_dataset
 from .errors import DiffpropError
+from .init_from import init_from as init_weights
 from .losses import Objective, Term
 from .runs import build_denoiser, write_data_info
 
-# Settings that may change between a run and its resumption; anything else must match.
+# Settings that may change between a run and its resumption; anything else must match. (grad_accum and
+# mixed_precision change the rounding and, grad_accum, the noise draws, not what is optimised.)
 RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.log_every", "train.keep_last",
-                     "train.time_budget"}
+                     "train.time_budget", "train.grad_accum", "train.mixed_precision", "train.log_with"}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -37,30 +41,42 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def make_accelerator(cfg: Config) -> Accelerator:
-    device, mp = cfg.train.device, cfg.train.mixed_precision
+def make_accelerator(cfg: Config, run_dir: Path | None = None) -> Accelerator:
+    """The run's Accelerator. ``train.mixed_precision = "auto"`` leaves the precision to accelerate: what
+    ``accelerate launch --mixed_precision`` or the ``accelerate config`` it launches with set
+    (``ACCELERATE_MIXED_PRECISION``), else none; any other value is used as given. ``train.log_with`` adds
+    accelerate's tracker, writing under ``RUN_DIR/trackers``."""
+    tc = cfg.train
+    device, mp = tc.device, None if tc.mixed_precision == "auto" else tc.mixed_precision
     if device == "cuda" and not torch.cuda.is_available():
         raise DiffpropError("config: train.device = 'cuda' but no CUDA device is available")
     cpu = device == "cpu" or not torch.cuda.is_available()
-    if mp == "auto":
-        mp = "bf16" if not cpu and torch.cuda.is_bf16_supported() else "no"
-    if mp == "fp16" and cpu:
-        raise DiffpropError("config: train.mixed_precision = 'fp16' needs a GPU; use 'bf16' or 'no' on CPU")
-    return Accelerator(cpu=cpu, mixed_precision=mp)
+    if tc.log_with == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise DiffpropError("config: train.log_with = 'tensorboard' needs the package tensorboard "
+                            "(pip install tensorboard), which is not installed")
+    tracking = {} if tc.log_with == "none" else {"log_with": tc.log_with, "project_dir": Path(run_dir) / "trackers"}
+    acc = Accelerator(cpu=cpu, mixed_precision=mp, **tracking)
+    if acc.mixed_precision == "fp16" and cpu:
+        where = "train.mixed_precision = 'fp16'" if mp else "accelerate's mixed precision (train.mixed_precision = 'auto') is fp16 and"
+        raise DiffpropError(f"config: {where} needs a GPU; use 'bf16' or 'no' on CPU")
+    return acc
 
 
 class Trainer:
     """Trains ``cfg``'s denoiser into ``run_dir``; ``resume`` is ``"latest"`` or a checkpoint folder."""
 
     def __init__(self, cfg: Config, run_dir: str | Path, *, resume: str | None = None, progress: bool = True,
-                 objective: Callable | None = None):
+                 objective: Callable | None = None, init_from: str | Path | None = None):
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         tc = cfg.train
-        self.acc = make_accelerator(cfg)
+        if resume and init_from:
+            raise DiffpropError("--init-from starts a new run from other weights; --resume continues this one: "
+                                "give one of them")
+        self.acc = make_accelerator(cfg, self.run_dir)
         self.device, self.rank, self.world = self.acc.device, self.acc.process_index, self.acc.num_processes
-        if tc.batch_size % self.world:
-            raise DiffpropError(f"config: train.batch_size ({tc.batch_size}) must be divisible by the "
-                                f"number of processes ({self.world})")
+        if tc.batch_size % (self.world * tc.grad_accum):
+            raise DiffpropError(f"config: train.batch_size ({tc.batch_size}) must be divisible by the number of "
+                                f"processes ({self.world}) times train.grad_accum ({tc.grad_accum})")
         ckpt = self._check_resume(resume) if resume else None
         saved = json.loads((self.run_dir / "data.json").read_text()) if ckpt else {}
         self.dataset = load_dataset(cfg.data.name, num_samples=cfg.data.num_samples,
@@ -73,7 +89,9 @@ class Trainer:
         self.x = self.dataset.x.to(self.device) if small else self.dataset.x
 
         torch.manual_seed(cfg.seed)
-        self.denoiser = build_denoiser(cfg, self.dataset.data_shape).to(self.device)
+        self.denoiser = build_denoiser(cfg, self.dataset.data_shape)
+        self.init = init_weights(self.denoiser, cfg, init_from) if init_from else None
+        self.denoiser = self.denoiser.to(self.device)
         self.net = self.denoiser.net
         self.objective = objective or Objective.from_config(cfg, sample_data=self.sample_data)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -92,12 +110,18 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.toml")
             write_data_info(self.run_dir, self.dataset)
+            if self.init:
+                (self.run_dir / "init.json").write_text(json.dumps(self.init, indent=1))
+            if cfg.train.log_with != "none":
+                self.acc.init_trackers(self.run_dir.name, config={k: v if isinstance(v, (int, float, str)) else str(v)
+                                                                  for k, v in _flatten(cfg.to_dict()).items()})
+
 
     # -- resume ----------------------------------------------------------------------------------
     def _check_resume(self, resume: str) -> dict:
         path = resolve_checkpoint(self.run_dir, resume)
         if (self.run_dir / "config.toml").is_file():
-            old = _flatten(load_config(self.run_dir / "config.toml").to_dict())
+            old = _flatten(load_config(self.run_dir / "config.toml", saved=True).to_dict())
             new = _flatten(self.cfg.to_dict())
             diff = [k for k in new if new[k] != old.get(k) and k not in RESUMABLE_CHANGES]
             if diff:
@@ -152,23 +176,32 @@ class Trainer:
         return lr
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """One optimizer step; returns the (process-averaged) loss, the gradient norm and the loss's parts."""
-        tc = self.cfg.train
+        """One optimizer step; returns the (process-averaged) loss, the gradient norm and the loss's parts.
+
+        With ``train.grad_accum = n`` this rank's share of the batch is split into n micro-batches, each one's
+        loss divided by n and back-propagated before the next is drawn (gradients synchronised between processes
+        on the last only): for a loss that averages per-example terms, the gradient of the whole batch, to float
+        rounding. Batch-level terms (EPDM's MMD, say) are estimated per micro-batch instead."""
+        tc, n = self.cfg.train, self.cfg.train.grad_accum
         if not self.denoiser.training:  # (a recursive walk over every module: not on every step)
             self.denoiser.train()
-        out = self.objective(self.denoiser, self.batch(self.step), self.generator)
-        loss, parts = (out.value, out.logs) if isinstance(out, Term) else (out.mean(), {})
-        value = self.acc.reduce(loss.detach(), "mean") if self.world > 1 else loss.detach()
-        if not torch.isfinite(value):
-            last = list_checkpoints(self.run_dir)
-            raise DiffpropError(f"training stopped: the loss is {value.item()} at step {self.step + 1}; the weights "
-                                f"were not updated; last good checkpoint: {last[-1] if last else 'none'}")
         scaled = self.acc.scaler is not None  # fp16: accelerate scales the loss and unscales before clipping
+        value, parts = 0.0, {}
+        for i, x in enumerate(self.batch(self.step).chunk(n)):
+            with self.acc.no_sync(self.net) if i < n - 1 else contextlib.nullcontext():
+                out = self.objective(self.denoiser, x, self.generator)
+                loss, micro = (out.value, out.logs) if isinstance(out, Term) else (out.mean(), {})
+                v = self.acc.reduce(loss.detach(), "mean") if self.world > 1 else loss.detach()
+                if not torch.isfinite(v):
+                    raise DiffpropError(f"training stopped: the loss is {v.item()} at step {self.step + 1}; the "
+                                        f"weights were not updated; last good checkpoint: "
+                                        f"{last_good(self.run_dir) or 'none'}")
+                (self.acc.backward if scaled else torch.Tensor.backward)(loss / n if n > 1 else loss)
+            value = value + v / n if n > 1 else v
+            for k, p in micro.items():
+                parts[k] = parts.get(k, 0.0) + p / n
         if scaled:
-            self.acc.backward(loss)
             self.acc.unscale_gradients()
-        else:
-            loss.backward()
         # torch's own clipping: accelerate's wrapper re-checks optional imports on every call
         grad_norm = torch.nn.utils.clip_grad_norm_(self._params, tc.grad_clip or math.inf, foreach=True)
         for group in self.optimizer.param_groups:
@@ -238,6 +271,8 @@ class Trainer:
                     if log:
                         log.write(json.dumps(rec) + "\n")
                         log.flush()
+                    if tc.log_with != "none":
+                        self.acc.log({k: v for k, v in rec.items() if k != "step"}, step=self.step)
                     losses, parts, t0, s0 = [], {}, now, self.step
                 if self.step % tc.checkpoint_every == 0 or stop:
                     self.save()
@@ -247,4 +282,8 @@ class Trainer:
             bar.close()
             if log:
                 log.close()
+            if self._unlock is not None:
+                self._unlock()
+            for tracker in self.acc.trackers if main else ():  # (not end_training: it ends the process group)
+                tracker.finish()
         return self.run_dir

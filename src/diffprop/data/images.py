@@ -93,6 +93,22 @@ def load_image_folder(root: Path, image_size: int | None) -> torch.Tensor:
     return _to_unit_range(np.ascontiguousarray(u8))
 
 
+def save_image_folder(x: torch.Tensor, root: Path) -> list[Path]:
+    """Images (N, C, H, W) in [-1, 1] as ``root/000000.png``, ... (8-bit, ``round((x + 1) 127.5)`` clamped to
+    0..255), the layout torch-fidelity and clean-fid read; :func:`load_image_folder` reads them back."""
+    from PIL import Image
+
+    if x.ndim != 4 or not 1 <= x.shape[1] <= 4:
+        raise DiffpropError(f"PNG images need (N, C, H, W) with C in 1..4, got shape {tuple(x.shape)}")
+    u8 = ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    root.mkdir(parents=True, exist_ok=True)
+    width, paths = max(6, len(str(len(u8) - 1))), []
+    for i, im in enumerate(u8):
+        paths.append(root / f"{i:0{width}d}.png")
+        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(paths[-1])  # mode from the channels
+    return paths
+
+
 def _numpy_core(submodule: str, name: str):
     """``numpy._core.<submodule>.<name>`` (numpy 2) or ``numpy.core.<submodule>.<name>`` (numpy 1)."""
     try:

@@ -135,6 +135,15 @@ class OfficialSMD(nn.Module):
             self.g = LatentMLP(2 * math.prod(data_shape), g_width or max(16, features // 4), latent_dim)
         self.f_in, self.f_out = (HyperBlock(features, latent_dim, hyper_layers) for _ in range(2))
 
+    @torch.no_grad()
+    def start_as_backbone(self) -> "OfficialSMD":
+        """Zero both hypernet blocks' last layer: each block is then the identity and the network its backbone for
+        every eta (for fine-tuning a pretrained backbone; the public code initialises them at random)."""
+        for block in (self.f_in, self.f_out):
+            nn.init.zeros_(block.out.weight)
+            nn.init.zeros_(block.out.bias)
+        return self
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
         z = self.g(x, eta, t)  # z_t = g_xi(eta, x_t, t), 002 Alg. 1 line 6
         first, last, _ = _ends(self.backbone)
@@ -164,8 +173,14 @@ class EmbeddingSMD(nn.Module):
             raise DiffpropError(f"SMD wraps a TimeMLP or a UNet backbone, got {type(backbone).__name__}")
         self.g = LatentMLP(math.prod(data_shape) + eta_dim, g_width or max(16, temb // 4), latent_dim)
         self.f = nn.Sequential(nn.SiLU(), nn.Linear(latent_dim, out))
+        self.start_as_backbone()
+
+    @torch.no_grad()
+    def start_as_backbone(self) -> "EmbeddingSMD":
+        """Zero ``f_phi``'s last layer (as at construction): the network is then its backbone for every eta."""
         nn.init.zeros_(self.f[-1].weight)
         nn.init.zeros_(self.f[-1].bias)
+        return self
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
         m = self.f(self.g(x, eta, t))  # f_phi(g_xi(eta, x_t, t)), 002 Alg. 1 lines 6-7

@@ -8,7 +8,7 @@ from .base import SamplerOutput, chain, noise_like, recorder
 
 @torch.no_grad()
 def ddim(denoiser, x, *, steps=50, generator=None, record=(), progress=False, eta=0.0,
-         clip_x0=None, clipped_eps=False) -> SamplerOutput:
+         clip_x0=None, clipped_eps=False, spacing="even", offset=0) -> SamplerOutput:
     """``x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z`` with
     ``sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)``.
 
@@ -19,7 +19,7 @@ def ddim(denoiser, x, *, steps=50, generator=None, record=(), progress=False, et
     abar = denoiser.schedule.alpha_bars.to(x.device, x.dtype)
     clip = denoiser.clip_x0 if clip_x0 is None else clip_x0
     want, states = recorder(record)
-    for t, t_prev in chain(denoiser.schedule, steps, progress):
+    for t, t_prev in chain(denoiser.schedule, steps, progress, spacing, offset):
         if t in want:
             states[t] = x.clone()
         eps, x0 = denoiser.predict(x, torch.tensor(t, device=x.device), generator)

@@ -24,13 +24,13 @@ def ddpm_step(denoiser, x, t: int, t_prev: int, generator=None, var_type: str | 
 
 @torch.no_grad()
 def ddpm(denoiser, x, *, steps=None, generator=None, record=(), progress=False, var_type=None,
-         clip_x0=None) -> SamplerOutput:
+         clip_x0=None, spacing="even", offset=0) -> SamplerOutput:
     """``x_{t_prev} ~ N(mu_theta(x_t, t), sigma_t^2 I)``; with fewer steps than T the chain is respaced
     (``beta = 1 - abar_t / abar_prev``, Nichol & Dhariwal 2021). No noise is added on the last step.
     ``var_type`` (default: the denoiser's own) chooses ``sigma^2``: ``beta`` or ``beta_tilde``; ``clip_x0``
     (default: the denoiser's own) clips the predicted x0 before the posterior mean, as diffusers' ``clip_sample``."""
     want, states = recorder(record)
-    for t, t_prev in chain(denoiser.schedule, steps, progress):
+    for t, t_prev in chain(denoiser.schedule, steps, progress, spacing, offset):
         if t in want:
             states[t] = x.clone()
         x = ddpm_step(denoiser, x, t, t_prev, generator, var_type, clip_x0)
