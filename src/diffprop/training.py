@@ -282,8 +282,6 @@ class Trainer:
             bar.close()
             if log:
                 log.close()
-            if self._unlock is not None:
-                self._unlock()
             for tracker in self.acc.trackers if main else ():  # (not end_training: it ends the process group)
                 tracker.finish()
         return self.run_dir
