@@ -92,6 +92,9 @@ def init_from(denoiser: Denoiser, cfg: Config, source: str | Path) -> dict:
     smd_source = isinstance(theirs, SMDDenoiser)
     if smd_source and not isinstance(denoiser, SMDDenoiser):
         raise DiffpropError(f"--init-from {source}: it is an SMD model and the config's is not (model.smd = false)")
+    if smd_source and type(theirs.net) is not type(denoiser.net):
+        raise DiffpropError(f"--init-from {source}: its SMD network is an {type(theirs.net).__name__}, the config's "
+                            f"(smd.variant = {cfg.smd.variant!r}) an {type(denoiser.net).__name__}")
     ours_backbone = denoiser.net.backbone if isinstance(denoiser, SMDDenoiser) else denoiser.net
     theirs_backbone = theirs.net.backbone if smd_source else theirs.net
     if type(theirs_backbone) is not type(ours_backbone):
