@@ -37,7 +37,7 @@ def _pipeline(path, unet_kw=None, **sched_kw) -> DDPMPipeline:
 
 def _sample(capsys, path, *extra):
     out = path.parent / "samples.npz"
-    code = main(["sample", "--diffusers", str(path), "--dataset", "digits", "--num", str(N), "--seed", str(SEED),
+    code = main(["sample", "--diffusers", str(path), "--num", str(N), "--seed", str(SEED),
                  "--out", str(out), *extra])
     err = capsys.readouterr().err
     assert code == 0, err
@@ -110,7 +110,7 @@ def test_fewer_steps_on_another_chain_are_noted(tmp_path, capsys):
 
 def test_clipped_eps_needs_a_clipping_checkpoint(tmp_path, capsys):
     _pipeline(tmp_path / "ckpt", clip_sample=False)
-    code = main(["sample", "--diffusers", str(tmp_path / "ckpt"), "--dataset", "digits", "--sampler", "ddim",
+    code = main(["sample", "--diffusers", str(tmp_path / "ckpt"), "--sampler", "ddim",
                  "--clipped-eps"])
     assert code == 2
     assert capsys.readouterr().err.endswith("diffprop: error: --clipped-eps needs x0 clipping, "

@@ -7,23 +7,68 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import sys
+import tempfile
 from pathlib import Path
 
 from .errors import DiffpropError
+from .limits import MAX_SAMPLES, check_fits
 from .names import SPACINGS
 
 
-def _positive(kind):
+def _positive(kind, most: int | None = None):
     def parse(s):
         try:
             v = kind(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
+            raise argparse.ArgumentTypeError(f"expected a number, got {s[:40]!r}") from None
+        if v < 1 or (most is not None and v > most):
+            raise argparse.ArgumentTypeError(f"must be {'>= 1' if most is None else f'in 1..{most}'}, got {s}")
         return v
     return parse
+
+
+def _seed(s):
+    from .limits import MAX_SEED
+
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s[:40]!r}") from None
+    if not 0 <= v <= MAX_SEED:  # numpy's generators (the toy datasets) take 32-bit seeds
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, got {s[:40]}")
+    return v
+
+
+def _finite(least: float | None = None):
+    def parse(s):
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s[:40]!r}") from None
+        if not math.isfinite(v) or (least is not None and v < least):
+            raise argparse.ArgumentTypeError(f"must be a finite number{'' if least is None else f' >= {least}'}, "
+                                             f"got {s[:40]}")
+        return v
+    return parse
+
+
+def _writable_out(path: Path, folder: bool) -> Path:
+    """``path`` (an output folder, or file) after checking it can be written, before any work is done: a run of hours
+    must not end in a traceback. Nothing is created; a probe file comes and goes in the nearest existing folder."""
+    if path.exists() and folder != path.is_dir():
+        raise DiffpropError(f"--out {path}: is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'}")
+    base = path if folder else path.parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise DiffpropError(f"--out {path}: {base} is a file, so nothing can be created under it")
+    try:
+        tempfile.TemporaryFile(dir=base).close()
+    except OSError as e:
+        raise DiffpropError(f"--out {path}: cannot write in {base} ({e.strerror})") from None
+    return path
 
 
 def cmd_train(args) -> None:
@@ -32,9 +77,7 @@ def cmd_train(args) -> None:
     from .training import Trainer
 
     cfg = load_config(args.config, args.set)
-    out = Path(args.out or Path("runs") / Path(args.config).stem)
-    if not args.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
-        raise DiffpropError(f"{out}: already holds a run; use --resume latest to continue it or --out for a new one")
+    out = _writable_out(Path(args.out or Path("runs") / Path(args.config).stem), folder=True)
     trainer = Trainer(cfg, out, resume=args.resume, progress=not args.quiet, init_from=args.init_from)
     trainer.train()
     if trainer.acc.is_main_process:
@@ -63,24 +106,27 @@ def _denoiser_for(args):
     if sum(sources) != 1:
         raise DiffpropError("give exactly one model: a run folder, --oracle DATASET"
                             + (" or --diffusers DIR" if hasattr(args, "diffusers") else ""))
+    if not args.oracle and (args.eps_scale is not None or args.eps_bias is not None):
+        raise DiffpropError("--eps-scale and --eps-bias apply to --oracle (a defect put into the exact model)")
+    if not args.run_dir and args.no_ema:
+        raise DiffpropError("--no-ema applies to a run folder (its raw weights instead of the EMA)")
     if args.oracle:
         ds = load_dataset(args.oracle, num_samples=2)
         if ds.mixture is None:
             raise DiffpropError(f"--oracle {args.oracle}: the oracle needs a Gaussian-mixture dataset "
                                 f"(gmm-grid, gmm-ring)")
         cfg = Config()
-        oracle = OracleDenoiser(ds.mixture, build_schedule(cfg), args.eps_scale, args.eps_bias)
-        meta = {"model": f"oracle:{args.oracle}", "eps_scale": args.eps_scale, "eps_bias": args.eps_bias}
+        scale, bias = 1.0 if args.eps_scale is None else args.eps_scale, args.eps_bias or 0.0
+        oracle = OracleDenoiser(ds.mixture, build_schedule(cfg), scale, bias)
+        meta = {"model": f"oracle:{args.oracle}", "eps_scale": scale, "eps_bias": bias}
         return oracle, cfg, {"name": args.oracle, "data_shape": list(ds.data_shape), "scaler": None}, meta, device
     if getattr(args, "diffusers", None):
         from .diffusers_io import load_diffusers
 
-        if not args.dataset:
-            raise DiffpropError("--diffusers needs --dataset (the data the checkpoint was trained on)")
         denoiser, scheduler = load_diffusers(args.diffusers)
         c = denoiser.net.model.config
         size = [c.sample_size] * 2 if isinstance(c.sample_size, int) else list(c.sample_size)
-        info = {"name": args.dataset, "data_shape": [c.in_channels, *size], "scaler": None}
+        info = {"name": args.dataset or "diffusers", "data_shape": [c.in_channels, *size], "scaler": None}
         meta = {"model": f"diffusers:{args.diffusers}", "scheduler": scheduler, "var_type": denoiser.var_type,
                 "clip_x0": denoiser.clip_x0}
         return denoiser.to(device), Config(), info, meta, device
@@ -97,7 +143,17 @@ def cmd_sample(args) -> None:
     from .plots import plot_samples
     from .samplers import sample
 
+    if args.dataset and not args.diffusers:
+        raise DiffpropError("--dataset applies to --diffusers in sample (a run or an oracle knows its data)")
     denoiser, cfg, data, meta, device = _denoiser_for(args)
+    if args.dataset:  # the U-Net gives the shape; data named beside it must fit it
+        from .data import load_dataset
+
+        shape = tuple(data["data_shape"])
+        theirs = load_dataset(args.dataset, num_samples=2, image_size=shape[-1]).data_shape
+        if tuple(theirs) != shape:
+            raise DiffpropError(f"--dataset {args.dataset}: data of shape {tuple(theirs)} but the --diffusers U-Net "
+                                f"takes {shape}")
     if args.format == "png-folder" and len(data["data_shape"]) != 3:
         raise DiffpropError(f"--format png-folder writes images; {data['name']} data has shape "
                             f"{tuple(data['data_shape'])} per item")
@@ -127,7 +183,11 @@ def cmd_sample(args) -> None:
     folder = Path(args.out or default.with_suffix(""))
     if args.format == "png-folder" and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise DiffpropError(f"{folder}: exists and is not an empty folder; choose a new --out")
-    out = sample(denoiser, args.num or sc.num, tuple(data["data_shape"]), sampler=sampler, steps=steps,
+    _writable_out(folder if args.format == "png-folder" else Path(args.out or default), args.format == "png-folder")
+    num = args.num or sc.num
+    check_fits(3 * 4.0 * num * math.prod(data["data_shape"]),  # float32; the batches, their concatenation, the file's
+               f"sample --num {num} ({num} samples of shape {tuple(data['data_shape'])}, held three times)")
+    out = sample(denoiser, num, tuple(data["data_shape"]), sampler=sampler, steps=steps,
                  seed=args.seed, device=device, batch_size=args.batch_size or sc.batch_size or None,
                  clip_x0=clip, **options).x.float().cpu()
     out = to_data_units(out, data.get("scaler"))
@@ -147,20 +207,36 @@ def cmd_sample(args) -> None:
 
 
 def load_samples(path: str | Path):
+    """The ``samples`` array of an ``.npz`` written by ``sample`` (or the array of an ``.npy``) as float32, after
+    checking it holds at least one sample, numbers, and only finite ones; never unpickling."""
     import numpy as np
     import torch
+
+    from .errors import one_line
 
     path = Path(path)
     if not path.is_file():
         raise DiffpropError(f"{path}: samples file not found")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            x = f["samples"]
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            x = loaded
+        else:
+            with loaded as f:
+                x = f["samples"]
     except KeyError:
         raise DiffpropError(f"{path}: no 'samples' array (is it a diffprop samples file?)") from None
-    except (ValueError, OSError) as e:
-        raise DiffpropError(f"{path}: cannot read samples ({str(e).splitlines()[0]})") from None
-    return torch.from_numpy(np.asarray(x, dtype=np.float32))
+    except Exception as e:  # numpy raises many types for a file that is not a clean .npz / .npy (BadZipFile, EOF, ...)
+        raise DiffpropError(f"{path}: cannot read samples ({one_line(e)[:200]})") from None
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "biuf":  # a member that is no .npy comes back as bytes
+        raise DiffpropError(f"{path}: 'samples' is not a numeric array (got {getattr(x, 'dtype', type(x).__name__)})")
+    if x.ndim < 2 or len(x) == 0:
+        raise DiffpropError(f"{path}: 'samples' has shape {x.shape}; expected (N, ...) with N >= 1 samples")
+    x = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+        raise DiffpropError(f"{path}: {bad} of the {len(x)} samples hold NaN or infinite values (or overflow float32)")
+    return x
 
 
 def cmd_evaluate(args) -> None:
@@ -168,13 +244,18 @@ def cmd_evaluate(args) -> None:
     from .metrics.toy import sample_metrics
 
     x = load_samples(args.samples)
+    out = _writable_out(Path(args.out or Path(args.samples).with_suffix(".metrics.json")), folder=False)
     ds = load_dataset(args.dataset)
     if tuple(x.shape[1:]) != tuple(ds.data_shape):
         raise DiffpropError(f"{args.samples}: samples have shape {tuple(x.shape[1:])} per item but "
                             f"{args.dataset} has {tuple(ds.data_shape)}")
     if ds.is_image:
-        from .metrics.features import get_extractor
+        from .metrics.features import default_extractor, get_extractor
         from .metrics.images import image_metrics
+
+        name = args.features or default_extractor(args.dataset, args.inception_weights)
+        if args.inception_weights and name != "inception":
+            raise DiffpropError(f"--inception-weights applies to --features inception, not {name}")
 
         extractor = get_extractor(args.features, ds.data_shape, dataset_name=args.dataset,
                                   inception_weights=args.inception_weights, device=_device("auto"))
@@ -184,7 +265,7 @@ def cmd_evaluate(args) -> None:
             raise DiffpropError(f"--features, --inception-weights and --num-ref apply to image data; "
                                 f"{args.dataset} is not")
         metrics = {"dataset": args.dataset, **sample_metrics(ds.from_data_units(x), ds.x, ds.mixture)}
-    out = Path(args.out or Path(args.samples).with_suffix(".metrics.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=1))
     for k, v in metrics.items():
         if not isinstance(v, list):
@@ -194,9 +275,24 @@ def cmd_evaluate(args) -> None:
 
 def cmd_measure(args) -> None:
     from .data import load_dataset
+    from .diagnostics.mmd import MAX_TEST_POINTS
+    from .diagnostics.propagation import parse_grid, parse_kernel
     from .measure import describe_checks, run_measure
     from .oracle import OracleDenoiser
 
+    if 2 * args.num > MAX_TEST_POINTS:  # before any sampling: the noise floor's permutation test holds 2N x 2N
+        raise DiffpropError(f"--num {args.num}: at most {MAX_TEST_POINTS // 2} samples per side (the permutation noise "
+                            f"floor holds the pooled {MAX_TEST_POINTS} x {MAX_TEST_POINTS} kernel matrix)")
+    if getattr(args, "diffusers", None) and not args.dataset:
+        raise DiffpropError("--diffusers needs --dataset (the data the checkpoint was trained on)")
+    kernels = tuple(k.strip() for k in args.kernels.split(",") if k.strip())
+    if not kernels:
+        raise DiffpropError(f"--kernels {args.kernels[:40]!r}: name at least one kernel (rbf, laplace, imq, rbf-mix, "
+                            f"KERNEL@H)")
+    for k in kernels:
+        parse_kernel(k)  # reject a bad kernel before any work
+    out = _writable_out(Path(args.out or (Path(args.run_dir) / "measure" if args.run_dir else Path("runs") / "measure")),
+                        folder=True)
     denoiser, cfg, info, meta, device = _denoiser_for(args)
     name = getattr(args, "dataset", None) or info["name"]
     ds = load_dataset(name, num_samples=max(args.num * 4, 4000), image_size=info["data_shape"][-1]
@@ -208,12 +304,6 @@ def cmd_measure(args) -> None:
     if ds.mixture is not None:  # the data density is known: exact KL errors, and the oracle's curve beside
         exact = OracleDenoiser(ds.mixture, denoiser.schedule, var_type=denoiser.var_type)
         reference = None if isinstance(denoiser, OracleDenoiser) else exact
-    out = Path(args.out or (Path(args.run_dir) / "measure" if args.run_dir else Path("runs") / "measure"))
-    kernels = tuple(k.strip() for k in args.kernels.split(",") if k.strip())
-    from .diagnostics.propagation import parse_grid, parse_kernel
-
-    for k in kernels:
-        parse_kernel(k)  # reject a bad kernel before any work
     grid = parse_grid(args.grid, denoiser.schedule.T)
     summary = run_measure(denoiser, ds.x, out, {**meta, "dataset": name}, reference=reference,
                           progress=not args.quiet, num=args.num, grid=grid,
@@ -253,7 +343,8 @@ def cmd_reproduce(args) -> None:
         if refused:
             raise DiffpropError(f"{args.name} does not take {', '.join(refused)} (it has its own fixed data and scale)")
     folder = f"{args.name}-{args.scale}" + (f"-{args.data.split(':')[0]}" if args.data else "")
-    report = exp.run(Path(args.out or Path("runs") / "reproduce" / folder), args.scale, args.seeds,
+    report = exp.run(_writable_out(Path(args.out or Path("runs") / "reproduce" / folder), folder=True), args.scale,
+                     args.seeds,
                      progress=not args.quiet, **options)
     print(f"report: {report}")
 
@@ -261,14 +352,14 @@ def cmd_reproduce(args) -> None:
 def cmd_report(args) -> None:
     from .report import write_report_pages
 
-    md, html = write_report_pages([Path(d) for d in args.dirs], Path(args.out))
+    md, html = write_report_pages([Path(d) for d in args.dirs], _writable_out(Path(args.out), folder=False))
     print(f"wrote {md} and {html}")
 
 
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
-    report = run_demo(Path(args.out), quick=args.quick, progress=not args.quiet)
+    report = run_demo(_writable_out(Path(args.out), folder=True), quick=args.quick, progress=not args.quiet)
     print(f"report: {report}")
 
 
@@ -277,10 +368,12 @@ def cmd_bench(args) -> None:
 
     if args.name not in BENCHMARKS:
         raise DiffpropError(f"unknown benchmark {args.name!r}; allowed: {', '.join(BENCHMARKS)}")
+    out = _writable_out(Path(args.out), folder=False) if args.out else None
     result = run_benchmark(args.name)
     text = json.dumps(result, indent=1)
-    if args.out:
-        Path(args.out).write_text(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
     print(text)
 
 
@@ -288,8 +381,8 @@ def _add_model_source(p: argparse.ArgumentParser, dataset_help: str) -> None:
     """The model a command reads (exactly one of: a run folder, --oracle, --diffusers) and where it runs."""
     p.add_argument("run_dir", nargs="?", help="run folder written by `diffprop train`")
     p.add_argument("--oracle", metavar="DATASET", help="the exact denoiser of a Gaussian-mixture dataset")
-    p.add_argument("--eps-scale", type=float, default=1.0, help="oracle: multiply its noise prediction by C")
-    p.add_argument("--eps-bias", type=float, default=0.0, help="oracle: add B to every coordinate of it")
+    p.add_argument("--eps-scale", type=_finite(), help="oracle: multiply its noise prediction by C (default 1)")
+    p.add_argument("--eps-bias", type=_finite(), help="oracle: add B to every coordinate of it (default 0)")
     p.add_argument("--diffusers", metavar="DIR", help="a local diffusers UNet2DModel + DDPMScheduler folder")
     p.add_argument("--dataset", help=dataset_help)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
@@ -325,19 +418,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a trained run or an exact oracle",
                        description="Draw samples into an .npz (`samples`, `meta`) plus a picture of them.")
-    _add_model_source(s, "with --diffusers: the data it was trained on (sets the sample shape)")
+    _add_model_source(s, "with --diffusers: the data it was trained on, checked against the U-Net's shape (optional: "
+                      "the U-Net sets the sample shape)")
     s.add_argument("--sampler", choices=("ddpm", "ddim"), help="default: the run's sample.sampler")
     s.add_argument("--steps", type=_positive(int), help="sampling steps (default: T for ddpm, 50 for ddim)")
-    s.add_argument("--eta", type=float, help="DDIM stochasticity (0: deterministic)")
+    s.add_argument("--eta", type=_finite(least=0.0), help="DDIM stochasticity (0: deterministic)")
     s.add_argument("--clipped-eps", action="store_true",
                    help="DDIM with x0 clipping: step with the noise implied by the clipped x0, not the model's "
                    "(diffusers' use_clipped_model_output; default: the run's sample.clipped_eps)")
     s.add_argument("--spacing", choices=SPACINGS, help="timesteps of a respaced chain (--steps < T): even = "
                    "round(linspace(1, T, steps)); linspace, leading, trailing = diffusers' timestep_spacing "
                    "(default: the run's sample.spacing; with --diffusers the scheduler's)")
-    s.add_argument("--num", type=_positive(int), help="number of samples (default: the run's sample.num)")
+    s.add_argument("--num", type=_positive(int, MAX_SAMPLES), help=f"number of samples, at most {MAX_SAMPLES} "
+                   f"(default: the run's sample.num)")
     s.add_argument("--batch-size", type=_positive(int), help="sampling batch size")
-    s.add_argument("--seed", type=int, default=0, help="seed of x_T and all sampling noise")
+    s.add_argument("--seed", type=_seed, default=0, help="seed of x_T and all sampling noise")
     s.add_argument("--format", choices=("npz", "png-folder"), default="npz",
                    help="npz: samples + meta and a picture of them; png-folder (image data): one 8-bit PNG per "
                    "image and meta.json in a new folder, as torch-fidelity and clean-fid read it")
@@ -347,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="metrics of a samples file against a dataset",
                        description="Gaussian-mixture data: mode_coverage, high_quality_fraction (within 4 std of "
                        "a mean), mode weights, within-mode spread, exact log-likelihood, mmd_rbf; images: fd, kid "
-                       "(with kid_std, kid_se), precision, recall, f1 (Kynkaanniemi et al. 2019, k = 3) and mmd_rbf "
+                       "(unscaled MMD^2 as torch-fidelity reports it, with kid_std, kid_se), precision, recall, f1 (Kynkaanniemi et al. 2019, k = 3) and mmd_rbf "
                        "on features, recording the extractor, its weights hash "
                        "and preprocessing; other data: mmd_rbf, sliced_wasserstein.")
     e.add_argument("samples", help=".npz written by `diffprop sample`")
@@ -378,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--repeats", type=_positive(int), default=1,
                    help="repeat with fresh seeds; columns become means, *_std columns their spread")
     m.add_argument("--batch-size", type=_positive(int), help="sampling batch size")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--seed", type=_seed, default=0)
     m.add_argument("--out", help="output folder (default: RUN_DIR/measure or runs/measure)")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.set_defaults(fn=cmd_measure)
@@ -431,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", help="train-overhead (trainer vs bare loop), mmd (chunked vs full-matrix MMD, "
                    "memory), measure (full measure on digits, MMD share of the time), regularizers (step time of each "
                    "regularizer relative to vanilla), smd (time and memory per step of each SMD variant against the plain "
-                   "backbone)")
+                   "backbone), metrics (FD, KID, precision/recall at 2048 dimensions against torch-fidelity's functions)")
     b.add_argument("--out", help="also write the JSON here")
     b.set_defaults(fn=cmd_bench)
     return p
@@ -442,12 +537,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except DiffpropError as e:
-        print(f"diffprop: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e))
+    except OSError as e:  # what the machine refused: a full disk, a folder made read-only or removed meanwhile
+        return _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else f"{type(e).__name__}: {e}")
+    except (MemoryError, RuntimeError) as e:
+        torch = sys.modules.get("torch")  # the allocator's refusal (CPU: a RuntimeError saying so; CUDA: its own type)
+        if not (isinstance(e, MemoryError) or "can't allocate memory" in str(e)
+                or (torch is not None and isinstance(e, torch.OutOfMemoryError))):
+            raise
+        return _fail("out of memory: ask for less (--num, --batch-size, train.batch_size, a smaller model or data)")
     except KeyboardInterrupt:
         print("diffprop: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _fail(message: str) -> int:
+    print("diffprop: error: " + " ".join(message.splitlines()), file=sys.stderr)  # one line, whatever a path holds
+    return 2
 
 
 if __name__ == "__main__":

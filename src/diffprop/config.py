@@ -7,6 +7,7 @@ says so (TOML has no null).
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import tomli_w
 
 from .errors import DiffpropError
+from .limits import MAX_INT, MAX_SAMPLES, MAX_SEED
 from .names import ALIASES, RENAMED, SPACINGS
 from .schedules import SCHEDULES, linear_range
 
@@ -32,13 +34,13 @@ def _f(default, doc: str, **rule):
 class DataConfig:
     name: str = _f("gmm-grid", "dataset: gmm-grid, gmm-ring, swiss-roll, moons, digits, image-folder:PATH, "
                    "cifar10:PATH, npz:PATH, csv:PATH", dataset=True)
-    num_samples: int = _f(20000, "number of points generated for toy datasets", min=1)
-    image_size: int = _f(0, "resize/crop images to this size (0: native size)", min=0)
+    num_samples: int = _f(20000, "number of points generated for toy datasets", min=1, max=10**7)
+    image_size: int = _f(0, "resize/crop images to this size (0: native size)", min=0, max=2048)
 
 
 @dataclass
 class DiffusionConfig:
-    T: int = _f(1000, "number of diffusion steps", min=1)
+    T: int = _f(1000, "number of diffusion steps", min=1, max=100000)
     schedule: str = _f("linear", "beta schedule: linear (Ho et al. 2020), cosine (Nichol & Dhariwal 2021; diffusers' "
                        "squaredcos_cap_v2), sigmoid_abar (Jabri et al. 2022, the EPDM and SMD public code's sigmoid)",
                        choices=SCHEDULES)
@@ -56,9 +58,9 @@ class DiffusionConfig:
 @dataclass
 class ModelConfig:
     kind: str = _f("mlp", "backbone: mlp for vector data, unet for images", choices=("mlp", "unet"))
-    width: int = _f(256, "MLP hidden width", min=1)
-    depth: int = _f(4, "MLP residual blocks", min=1)
-    time_dim: int = _f(128, "MLP sinusoidal time-embedding size", min=2)
+    width: int = _f(256, "MLP hidden width", min=1, max=65536)
+    depth: int = _f(4, "MLP residual blocks", min=1, max=1024)
+    time_dim: int = _f(128, "MLP sinusoidal time-embedding size", min=2, max=65536)
     dropout: float = _f(0.0, "dropout probability (U-Net: 0 keeps the preset's own)", min=0.0, lt=1.0)
     preset: str = _f("tiny", "U-Net preset", choices=("tiny", "small", "ddpm-cifar10"))
     smd: bool = _f(False, "soft mixture denoising around the backbone (Li, van Breugel & van der Schaar 2024, Sec. 4), "
@@ -72,14 +74,14 @@ class SMDConfig:
                       "and before the last layer; embedding: one latent per example modulating the time embedding "
                       "(far cheaper)", choices=("official", "embedding"))
     latent_dim: int = _f(16, "size of the latent z_t (per pixel for official on images; the public code uses 100)",
-                         min=1)
+                         min=1, max=4096)
     hyper_layers: int = _f(2, "official: matrices u u^T + softplus(s) I per hypernet block (the public code: 2)",
-                           min=1)
-    eta_dim: int = _f(16, "embedding: size of eta (official: eta is shaped like x_t)", min=1)
+                           min=1, max=64)
+    eta_dim: int = _f(16, "embedding: size of eta (official: eta is shaped like x_t)", min=1, max=4096)
     g_width: int = _f(0, "width of g_xi: U-Net channels (official on images; a multiple of 4) or MLP units (0: a "
-                    "quarter of the backbone's, at least 8 channels or 16 units)", min=0)
+                    "quarter of the backbone's, at least 8 channels or 16 units)", min=0, max=65536)
     n_eta: int = _f(1, "eta draws per training example, their losses averaged (Li, van Breugel & van der Schaar "
-                    "2024, Alg. 1, Fig. 4; cost grows linearly)", min=1)
+                    "2024, Alg. 1, Fig. 4; cost grows linearly)", min=1, max=1024)
     loss: str = _f("mse", "mse: Li, van Breugel & van der Schaar 2024, Eq. 14: the squared error averaged over eta "
                    "draws (its minimiser ignores eta: "
                    "see diffprop.nets.smd); energy: the energy score of the n_eta >= 2 draws, which rewards a spread "
@@ -91,7 +93,7 @@ class TrainConfig:
     steps: int = _f(10000, "optimizer steps", min=1)
     batch_size: int = _f(256, "global batch size", min=1)
     lr: float = _f(1e-3, "AdamW learning rate (0: the weights stay as they are, e.g. to check an --init-from)",
-                   min=0.0)
+                   min=0.0, max=1e30)  # AdamW's float32 step lr / (1 - beta1) overflows from 3.4e37
     weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
     warmup_steps: int = _f(100, "linear learning-rate warm-up steps", min=0)
     lr_schedule: str = _f("constant", "after warm-up: constant, or cosine decay to 0 at train.steps",
@@ -184,7 +186,7 @@ class FokkerPlanckConfig:
 class SampleConfig:
     sampler: str = _f("ddpm", "sampler", choices=("ddpm", "ddim"))
     steps: int = _f(0, "sampling steps (0: T for ddpm, 50 for ddim)", min=0)
-    num: int = _f(2000, "number of samples", min=1)
+    num: int = _f(2000, "number of samples", min=1, max=MAX_SAMPLES)
     eta: float = _f(0.0, "DDIM stochasticity", min=0.0)
     batch_size: int = _f(0, "sampling batch size (0: all at once)", min=0)
     clip_x0: float = _f(0.0, "clip predicted x0 to [-c, c] (0: off; images use 1)", min=0.0)
@@ -196,7 +198,8 @@ class SampleConfig:
 
 @dataclass
 class Config:
-    seed: int = _f(0, "seed of every random choice in the run", min=0)
+    seed: int = _f(0, "seed of every random choice in the run (numpy, behind the toy datasets, takes 32 bits)", min=0,
+                   max=MAX_SEED)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -218,6 +221,12 @@ class Config:
         return tomli_w.dumps(self.to_dict())
 
 
+def _shown(value: Any) -> str:
+    """``value`` for a message: a huge integer by its first digits and length."""
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
+
+
 def _check(key: str, value: Any, f: dataclasses.Field) -> Any:
     """Type-check and range-check one value against its field's rule; returns the coerced value."""
     rule, typ = f.metadata, f.type
@@ -228,9 +237,13 @@ def _check(key: str, value: Any, f: dataclasses.Field) -> Any:
     if typ == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise DiffpropError(f"config: {key} must be an integer, got {value!r}")
+        if "max" not in rule and not -MAX_INT <= value <= MAX_INT:  # TOML integers are unbounded; a field's own max wins
+            raise DiffpropError(f"config: {key} must fit in 64 bits (|{key}| <= {MAX_INT}), got {_shown(value)}")
     elif typ == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DiffpropError(f"config: {key} must be a number, got {value!r}")
+        if not (isinstance(value, float) or abs(value) <= MAX_INT) or not math.isfinite(value):
+            raise DiffpropError(f"config: {key} must be a finite number, got {_shown(value)}")
         value = float(value)
     elif typ == "str" and not isinstance(value, str):
         raise DiffpropError(f"config: {key} must be a string, got {value!r}")
@@ -296,6 +309,10 @@ def _cross_check(cfg: Config) -> Config:
                             f"{cfg.sample.sampler!r}")
     if cfg.sample.steps > d.T:
         raise DiffpropError(f"config: sample.steps ({cfg.sample.steps}) must be <= diffusion.T ({d.T})")
+    c = cfg.consistency
+    if c.steps > c.window:  # t - t' <= window, so further steps repeat a timestep: network calls that change nothing
+        raise DiffpropError(f"config: consistency.steps ({c.steps}) must be <= consistency.window ({c.window}): "
+                            f"the reverse path from t to t' has at most window steps")
     return cfg
 
 
@@ -312,6 +329,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except (ValueError, RecursionError) as e:  # a number of over 4300 digits; arrays nested thousands deep
+        raise DiffpropError(f"--set {item[:40]!r}: cannot read the value ({_toml_problem(e)})") from None
     return key.strip().split("."), value
 
 
@@ -332,9 +351,17 @@ def read_toml(path: str | Path) -> dict:
     if not path.is_file():
         raise DiffpropError(f"{path}: config file not found")
     try:
-        return tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise DiffpropError(f"{path}: not valid TOML ({str(e).splitlines()[0]})") from None
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        raise DiffpropError(f"{path}: not valid TOML ({_toml_problem(e)})") from None
+    except OSError as e:
+        raise DiffpropError(f"{path}: cannot read the config ({e.strerror})") from None
+
+
+def _toml_problem(e: Exception) -> str:
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *, saved: bool = False) -> Config:
@@ -345,7 +372,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if saved:
         for key, renamed in RENAMED.items():
             section, name = key.split(".")
-            value = data.get(section, {}).get(name)
+            value = data[section].get(name) if isinstance(data.get(section), dict) else None  # (else _build says)
             if isinstance(value, str) and value in renamed:
                 data[section][name] = renamed[value][0]
     return config_from_dict(apply_overrides(data, overrides or []))

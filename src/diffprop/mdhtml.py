@@ -1,29 +1,25 @@
-"""The little Markdown diffprop writes (headings, paragraphs, bullets, pipe tables, images, links, bold, code) as
-HTML, so that a report needs no Markdown package. Anything else passes through as escaped text."""
+"""Markdown as a standalone HTML page, for reports built from files a user hands over, so treated as untrusted:
+markdown-it-py (CommonMark and pipe tables) with raw HTML off, so any ``<tag>`` in the text stays text; link
+targets only http(s) or relative (no ``javascript:``, ``data:``, ``file:``; markdown-it escapes every attribute);
+an image only where the caller's ``image`` function gives its ``src`` (e.g. a data URI of a file it vetted),
+else its alt text."""
 from __future__ import annotations
 
 import html
 import re
 from typing import Callable
+from urllib.parse import unquote
 
-_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
-_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
-_BOLD = re.compile(r"\*\*(.+?)\*\*")
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+_SCHEME = re.compile(r"([a-z][a-z0-9+.-]*):", re.I)
 
 
-def inline(text: str, image: Callable[[str], str]) -> str:
-    """Escape ``text`` and turn code spans, images, links and bold into tags (nothing inside code spans)."""
-    out = []
-    for part in re.split(r"(`[^`]+`)", text):
-        if len(part) > 1 and part[0] == part[-1] == "`":
-            out.append(f"<code>{html.escape(part[1:-1])}</code>")
-            continue
-        s = html.escape(part, quote=False)
-        s = _IMAGE.sub(lambda m: f'<img alt="{m.group(1).replace(chr(34), "&quot;")}" '
-                                 f'src="{image(html.unescape(m.group(2)))}">', s)
-        s = _LINK.sub(r'<a href="\2">\1</a>', s)
-        out.append(_BOLD.sub(r"<strong>\1</strong>", s))
-    return "".join(out)
+def safe_link(url: str) -> bool:
+    """An http(s) URL or a relative one (a path or ``#anchor``; not ``//host``, which takes the page's scheme)."""
+    m = _SCHEME.match(url)
+    return m.group(1).lower() in ("http", "https") if m else not url.startswith("//")
 
 
 def anchor(title: str, seen: dict | None = None) -> str:
@@ -37,44 +33,25 @@ def anchor(title: str, seen: dict | None = None) -> str:
     return f"{a}-{n}" if n else a
 
 
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-def to_html(markdown: str, title: str, image: Callable[[str], str] = lambda src: src) -> str:
-    """A standalone HTML page of ``markdown``; ``image(src)`` gives each image's ``src`` (e.g. a data URI)."""
-    lines, body, i, seen = markdown.splitlines(), [], 0, {}
-    while i < len(lines):
-        line = lines[i]
-        if not line.strip():
-            i += 1
-        elif m := re.match(r"(#{1,6})\s+(.*)", line):
-            n = len(m.group(1))
-            body.append(f'<h{n} id="{anchor(m.group(2), seen)}">{inline(m.group(2), image)}</h{n}>')
-            i += 1
-        elif line.lstrip().startswith("|"):
-            rows = []
-            while i < len(lines) and lines[i].lstrip().startswith("|"):
-                rows.append(_cells(lines[i]))
-                i += 1
-            head, rest = rows[0], [r for r in rows[1:] if not all(re.fullmatch(r":?-+:?", c) for c in r)]
-            body.append("<table>\n<tr>" + "".join(f"<th>{inline(c, image)}</th>" for c in head) + "</tr>\n" +
-                        "".join("<tr>" + "".join(f"<td>{inline(c, image)}</td>" for c in r) + "</tr>\n" for r in rest)
-                        + "</table>")
-        elif re.match(r"\s*[-*] ", line):
-            items = []
-            while i < len(lines) and re.match(r"\s*[-*] ", lines[i]):
-                items.append(f"<li>{inline(lines[i].lstrip()[2:], image)}</li>")
-                i += 1
-            body.append("<ul>\n" + "\n".join(items) + "\n</ul>")
-        else:
-            para = []
-            while i < len(lines) and lines[i].strip() and not re.match(r"(#{1,6}\s|\s*\||\s*[-*] )", lines[i]):
-                para.append(lines[i].strip())
-                i += 1
-            body.append(f"<p>{inline(' '.join(para), image)}</p>")
+def to_html(markdown: str, title: str, image: Callable[[str], str | None] = lambda src: src) -> str:
+    """A standalone HTML page of ``markdown``: headings get :func:`anchor` ids; ``image(src)`` (``src`` as written,
+    percent-decoded) gives each image's ``src``, or None to show its alt text instead."""
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    md.validateLink = safe_link
+    tokens, seen = md.parse(markdown), {}
+    for i, tok in enumerate(tokens):
+        if tok.type == "heading_open":
+            tok.attrSet("id", anchor(tokens[i + 1].content, seen))
+        for j, child in enumerate(tok.children or []):
+            if child.type == "image":
+                src = image(unquote(child.attrGet("src") or ""))
+                if src is None:
+                    tok.children[j] = Token("text", "", 0, content=child.content)
+                else:
+                    child.attrSet("src", src)
+    body = md.renderer.render(tokens, md.options, {})
     style = ("body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em;line-height:1.4}"
              "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #bbb;padding:.2em .5em}"
              "th{background:#eee}img{max-width:100%}code{background:#f4f4f4}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{style}</style></head>\n<body>\n" + body + "</body></html>\n")

@@ -12,7 +12,9 @@ import contextlib
 import importlib.util
 import json
 import math
+import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -20,18 +22,23 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoint import (check_optimizer, check_param_groups, check_rng, check_tensors, last_good, list_checkpoints,
+                         load_checkpoint, optimizer_from_tensors, remove_partial, resolve_checkpoint, save_checkpoint)
 from .config import Config, load_config, save_config
 from .data import load_dataset
-from .errors import DiffpropError
+from .errors import DiffpropError, one_line
 from .init_from import init_from as init_weights
 from .losses import Objective, Term
-from .runs import build_denoiser, write_data_info
+from .runs import TRAINING_COPIES, build_denoiser, lock_run, read_data_info, write_data_info
 
 # Settings that may change between a run and its resumption; anything else must match. (grad_accum and
 # mixed_precision change the rounding and, grad_accum, the noise draws, not what is optimised.)
 RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.log_every", "train.keep_last",
                      "train.time_budget", "train.grad_accum", "train.mixed_precision", "train.log_with"}
+# Optimisation settings that may change too (the model stays what it is: a diverged run resumes from its last good
+# checkpoint with a smaller lr); a resume says which changed.
+OPTIMISATION_CHANGES = {"train.lr", "train.weight_decay", "train.warmup_steps", "train.lr_schedule", "train.grad_clip",
+                        "train.ema_decay", "train.ema_warmup"}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -77,8 +84,16 @@ class Trainer:
         if tc.batch_size % (self.world * tc.grad_accum):
             raise DiffpropError(f"config: train.batch_size ({tc.batch_size}) must be divisible by the number of "
                                 f"processes ({self.world}) times train.grad_accum ({tc.grad_accum})")
+        # one trainer per run folder (an OS lock, dropped by the kernel on exit or crash); then the debris of a crash
+        # in a checkpoint write is cleared, before anything in the folder is read
+        self._unlock = weakref.finalize(self, lock_run(self.run_dir)) if self.acc.is_main_process else None
+        if self.acc.is_main_process:
+            remove_partial(self.run_dir)
+        if not resume and list_checkpoints(self.run_dir):
+            raise DiffpropError(f"{self.run_dir}: already holds a run; use --resume latest to continue it or --out for "
+                                f"a new one")
         ckpt = self._check_resume(resume) if resume else None
-        saved = json.loads((self.run_dir / "data.json").read_text()) if ckpt else {}
+        saved = read_data_info(self.run_dir) if ckpt else {}
         self.dataset = load_dataset(cfg.data.name, num_samples=cfg.data.num_samples,
                                     image_size=cfg.data.image_size or None, seed=cfg.seed,
                                     scaler=saved.get("scaler"))
@@ -89,7 +104,7 @@ class Trainer:
         self.x = self.dataset.x.to(self.device) if small else self.dataset.x
 
         torch.manual_seed(cfg.seed)
-        self.denoiser = build_denoiser(cfg, self.dataset.data_shape)
+        self.denoiser = build_denoiser(cfg, self.dataset.data_shape, copies=TRAINING_COPIES)
         self.init = init_weights(self.denoiser, cfg, init_from) if init_from else None
         self.denoiser = self.denoiser.to(self.device)
         self.net = self.denoiser.net
@@ -108,6 +123,7 @@ class Trainer:
         self._ema_copies = [(self.ema[k], live[k]) for k in self.ema if not live[k].is_floating_point()]
         if self.acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._trim_log()
             save_config(cfg, self.run_dir / "config.toml")
             write_data_info(self.run_dir, self.dataset)
             if self.init:
@@ -116,39 +132,86 @@ class Trainer:
                 self.acc.init_trackers(self.run_dir.name, config={k: v if isinstance(v, (int, float, str)) else str(v)
                                                                   for k, v in _flatten(cfg.to_dict()).items()})
 
-
     # -- resume ----------------------------------------------------------------------------------
-    def _check_resume(self, resume: str) -> dict:
-        path = resolve_checkpoint(self.run_dir, resume)
+    def _check_resume(self, resume: str) -> dict | None:
+        """The checkpoint to resume from, read and checked against this run's config; None for ``latest`` in a run
+        stopped before its first checkpoint was complete, which starts again from step 0 (as a fresh run would)."""
+        restart = resume == "latest" and not list_checkpoints(self.run_dir) and (self.run_dir / "config.toml").is_file()
+        path = None if restart else resolve_checkpoint(self.run_dir, resume)
+        if path is not None and path.resolve().parent != (self.run_dir / "checkpoints").resolve():
+            raise DiffpropError(f"--resume {path}: a checkpoint of {path.parent.parent}, not of {self.run_dir}; resume "
+                                f"a run in its own folder (--out {path.parent.parent}), or start a new one from its "
+                                f"weights with --init-from")
         if (self.run_dir / "config.toml").is_file():
             old = _flatten(load_config(self.run_dir / "config.toml", saved=True).to_dict())
             new = _flatten(self.cfg.to_dict())
-            diff = [k for k in new if new[k] != old.get(k) and k not in RESUMABLE_CHANGES]
+            allowed = RESUMABLE_CHANGES | OPTIMISATION_CHANGES
+            diff = [k for k in new if new[k] != old.get(k) and k not in allowed]
             if diff:
                 k = diff[0]
                 raise DiffpropError(f"cannot resume: {k} is {new[k]!r} but the run was trained with {old.get(k)!r}; "
-                                    f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change")
+                                    f"only {', '.join(sorted(allowed))} may change")
+            changed = [f"{k} = {new[k]!r} (was {old.get(k)!r})" for k in new if new[k] != old.get(k)]
+            if changed and self.acc.is_main_process:
+                print(f"diffprop: note: resuming with {', '.join(changed)}", file=sys.stderr)
+        if restart:
+            if self.acc.is_main_process:
+                print(f"diffprop: note: {self.run_dir} holds no complete checkpoint (it stopped during its first); "
+                      f"starting from step 0", file=sys.stderr)
+            return None
         ckpt = load_checkpoint(path)
         if ckpt["state"].get("world_size", 1) != self.world:
             raise DiffpropError(f"cannot resume: checkpoint was written by {ckpt['state']['world_size']} "
                                 f"processes, this run has {self.world}")
-        return ckpt
+        return {**ckpt, "dir": path}
 
     def _restore(self, ckpt: dict) -> None:
+        """Load a checkpoint read by :meth:`_check_resume`, every part checked against this run's model first."""
+        d, live, meta = ckpt["dir"], self.net.state_dict(), ckpt["state"]["optimizer"]
+        check_tensors(d / "model.safetensors", ckpt["model"], live)
+        check_tensors(d / "ema.safetensors", ckpt["ema"], live)
+        check_optimizer(d / "optimizer.safetensors", ckpt["optimizer"], meta["scalars"], list(self.net.parameters()))
+        check_param_groups(d / "state.json", meta["param_groups"], self.optimizer.state_dict()["param_groups"])
+        sizes = {"generator": self.generator.get_state().numel(), "torch": torch.get_rng_state().numel()}
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            sizes["cuda"] = torch.cuda.get_rng_state().numel()
+        check_rng(d / "rng.safetensors", ckpt["rng"], sizes, self.world)
         self.net.load_state_dict(ckpt["model"])
         self.ema = {k: v.to(self.device) for k, v in ckpt["ema"].items()}
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.optimizer.load_state_dict(optimizer_from_tensors(ckpt["optimizer"], meta))
+        for group in self.optimizer.param_groups:  # a changed train.weight_decay applies (lr is set at every step)
+            group["weight_decay"] = self.cfg.train.weight_decay
         # rows are cloned: set_state reads a view's storage from its start, ignoring the row's offset
         rng = {k: v[self.rank].clone() for k, v in ckpt["rng"].items()}
-        self.generator.set_state(rng["generator"])
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
+        try:
+            self.generator.set_state(rng["generator"])
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+        except RuntimeError as e:
+            raise DiffpropError(f"{d / 'rng.safetensors'}: not a valid generator state ({one_line(e)})") from None
         self.step = ckpt["state"]["step"]
+
+    def _trim_log(self) -> None:
+        """Forget the log lines past the step training starts from (a resumed earlier checkpoint, a crash). A torn last
+        line (a kill during its write) is dropped; any other line that is not a record with a step is refused."""
         log = self.run_dir / "log.jsonl"
-        if log.is_file() and self.acc.is_main_process:  # forget what happened after the checkpoint
-            keep = [ln for ln in log.read_text().splitlines() if json.loads(ln)["step"] <= self.step]
-            log.write_text("".join(ln + "\n" for ln in keep))
+        if not log.is_file():
+            return
+        lines, keep = log.read_bytes().decode("utf-8", errors="replace").split("\n"), []
+        for i, line in enumerate(lines, 1):
+            try:
+                step = json.loads(line)["step"] if line.strip() else None
+            except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+                step = False
+            if step is None or (step is False and i == len(lines)):
+                continue
+            if type(step) is not int:
+                raise DiffpropError(f"{log}: line {i} is not a JSON record with an integer 'step'; fix or delete that "
+                                    f"line (training continues from step {self.step})")
+            if step <= self.step:
+                keep.append(line)
+        log.write_text("".join(ln + "\n" for ln in keep))
 
     # -- one step --------------------------------------------------------------------------------
     def batch(self, step: int) -> torch.Tensor:
@@ -204,6 +267,9 @@ class Trainer:
             self.acc.unscale_gradients()
         # torch's own clipping: accelerate's wrapper re-checks optional imports on every call
         grad_norm = torch.nn.utils.clip_grad_norm_(self._params, tc.grad_clip or math.inf, foreach=True)
+        if not scaled and not torch.isfinite(grad_norm):  # (fp16's scaler skips such a step by itself)
+            raise DiffpropError(f"training stopped: the gradient norm is {grad_norm.item()} at step {self.step + 1}; "
+                                f"the weights were not updated; last good checkpoint: {last_good(self.run_dir) or 'none'}")
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         # accelerate's optimizer wrapper only matters with a grad scaler; otherwise step the optimizer itself
@@ -282,6 +348,8 @@ class Trainer:
             bar.close()
             if log:
                 log.close()
+            if self._unlock is not None:
+                self._unlock()
             for tracker in self.acc.trackers if main else ():  # (not end_training: it ends the process group)
                 tracker.finish()
         return self.run_dir

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DiffpropError
+from ..errors import DiffpropError, one_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -19,11 +19,6 @@ CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 # Pillow mode of the first image -> the mode every image is converted to (anything else -> "RGB").
 _TARGET_MODE = {"1": "L", "L": "L", "I": "L", "I;16": "L", "F": "L", "LA": "LA", "La": "LA",
                 "PA": "RGBA", "RGBA": "RGBA", "RGBa": "RGBA"}
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's text collapsed onto one line, for embedding in a DiffpropError."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -11,6 +11,8 @@ import torch
 from ..errors import DiffpropError
 from .images import one_line, resize_images
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def load_npz(path: Path, image_size: int | None) -> torch.Tensor:
     """Array ``x``, else ``samples``, else the only array of an ``.npz`` (a plain ``.npy`` also works),
@@ -38,14 +40,17 @@ def load_npz(path: Path, image_size: int | None) -> torch.Tensor:
                 problem = "holds Python objects (object or ragged array), refusing to unpickle" \
                     if "pickle" in str(e) else "is corrupt"
                 raise DiffpropError(f"{path}: array '{key}' {problem} ({one_line(e)})") from None
+    if not isinstance(arr, np.ndarray):  # a zip member that is no .npy file comes back as its raw bytes
+        raise DiffpropError(f"{path}: member '{key}' is not a .npy array")
     if arr.dtype.kind not in "biuf":
         raise DiffpropError(f"{path}: array '{key}' has non-numeric dtype {arr.dtype}")
-    if arr.ndim not in (2, 3, 4) or arr.shape[0] == 0:
+    if arr.ndim not in (2, 3, 4) or 0 in arr.shape:
         raise DiffpropError(f"{path}: array '{key}' has shape {arr.shape}; expected (N, D) vectors, "
-                            "(N, H, W) or (N, C, H, W) images with N >= 1")
+                            "(N, H, W) or (N, C, H, W) images, every size >= 1")
     x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     if not torch.isfinite(x).all():
-        raise DiffpropError(f"{path}: array '{key}' contains NaN or infinite values")
+        raise DiffpropError(f"{path}: array '{key}' contains NaN or infinite values, or values beyond float32's "
+                            f"{FLOAT32_MAX:.3g}")
     if x.ndim == 3:
         x = x.unsqueeze(1)
     return resize_images(x, image_size) if x.ndim == 4 and image_size is not None else x
@@ -88,6 +93,9 @@ def _read_csv(path: Path) -> tuple[list[str], np.ndarray]:
             if not math.isfinite(v):
                 raise DiffpropError(f"{path}: column '{name}' has a non-finite value "
                                     f"({field.strip()!r} on line {line})")
+            if abs(v) > FLOAT32_MAX:  # samples come back in the file's units as float32
+                raise DiffpropError(f"{path}: column '{name}' has {field.strip()[:30]!r} on line {line}, beyond "
+                                    f"float32's {FLOAT32_MAX:.3g}; rescale the column")
             values.append(v)
         rows.append(values)
     return columns, np.array(rows, dtype=np.float64)
