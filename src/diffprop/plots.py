@@ -70,16 +70,44 @@ def plot_samples(samples: np.ndarray, out: str | Path, reference: np.ndarray | N
     return None
 
 
-def _floor_axes(ax, t, floor, ylabel: str, title: str) -> None:
-    """The axes every propagation panel shares: the permutation noise floor shaded (when given), a symmetric-log y
-    axis linear inside it (so unbiased estimates below zero stay visible), log t running right to left."""
-    linthresh = 1e-6
-    if floor is not None:
-        ax.fill_between(t, -floor, floor, color="0.85", label="noise floor (95%)")
-        linthresh = float(np.nanmedian(floor)) / 4 or linthresh
-    ax.set_yscale("symlog", linthresh=linthresh)
-    ax.set(xscale="log", xlabel="t (module index; sampling runs right to left)", ylabel=ylabel, title=title)
+def time_axis(ax) -> None:
+    """log t with T on the left and 1 on the right: the direction sampling runs, said once on the label."""
+    ax.set_xscale("log")
     ax.invert_xaxis()
+    ax.set_xlabel("t   (sampling runs left to right: T \u2192 1)")
+
+
+def _log_bottom(values, floor) -> float:
+    """The log axis' bottom: a third of the smallest positive value or floor shown."""
+    pos = [float(np.nanmin(v[v > 0])) for v in (*values, floor) if v is not None and np.any(np.asarray(v) > 0)]
+    return min(pos) / 3 if pos else 1e-6
+
+
+def _curve(ax, t, v, floor, bottom: float, fmt: str, label: str, sd=None, **kw):
+    """``v`` on a log axis: solid markers above the noise ``floor``, hollow ones inside it, values <= 0 (unbiased
+    MMD^2 estimates can be negative) on the axis' bottom; ``sd`` a shaded band."""
+    t, v = np.asarray(t, float), np.asarray(v, float)
+    shown = np.where(v > bottom, v, bottom)
+    line, = ax.plot(t, shown, fmt, ms=4, label=label, **kw)
+    inside = ~(v > floor) if floor is not None else ~(v > 0)
+    if inside.any():
+        ax.plot(t[inside], shown[inside], line.get_marker() or "o", ms=4, mfc="white", mec=line.get_color(),
+                ls="none")
+    if sd is not None:
+        ax.fill_between(t, np.maximum(v - sd, bottom), np.maximum(v + sd, bottom), color=line.get_color(),
+                        alpha=0.15, lw=0)
+    return line
+
+
+def _floor_axes(ax, t, floor, bottom: float, ylabel: str, title: str) -> None:
+    """What every propagation panel shares: a log y axis from ``bottom``, the permutation noise floor shaded from
+    the bottom up (a value in the grey is indistinguishable from 0), log t with sampling running left to right."""
+    if floor is not None:
+        ax.fill_between(t, bottom, np.maximum(floor, bottom), color="0.88", lw=0, label="noise floor (95 %); hollow: inside it")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=bottom / 1.5)
+    ax.set(ylabel=ylabel, title=title)
+    time_axis(ax)
 
 
 def _panels_done(fig, axes, title: str, out) -> Path:
@@ -91,35 +119,38 @@ def _panels_done(fig, axes, title: str, out) -> Path:
 
 def plot_propagation(result, out: str | Path, reference=None, title: str = "") -> Path:
     """One panel per kernel: cumulative, modular and bootstrapped MMD^2 against t, the cumulative curve's
-    permutation noise floor shaded, and a reference model's cumulative curve dashed."""
+    permutation noise floor shaded (hollow markers: inside it), and a reference model's cumulative curve dashed."""
     kernels = result.kernels
-    fig, axes = plt.subplots(1, len(kernels), figsize=(4.2 * len(kernels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(kernels), figsize=(4.4 * len(kernels), 3.8), squeeze=False)
     for ax, k in zip(axes[0], kernels):
-        for name, style in (("cumulative", "-o"), ("modular", "-s"), ("bootstrapped", ":^")):
-            tt, v = result.column(k, name)
-            line, = ax.plot(tt, v, style, ms=3, label=name)
-            if f"{name}_std" in result.rows[0]:
-                sd = result.column(k, f"{name}_std")[1]
-                ax.fill_between(tt, v - sd, v + sd, color=line.get_color(), alpha=0.2, lw=0)
-        if reference is not None and k in reference.kernels:
-            ax.plot(*reference.column(k, "cumulative"), "k--", lw=1, label="oracle cumulative")
-        _floor_axes(ax, *result.column(k, "floor"), "MMD$^2$", k)
+        t, floor = result.column(k, "floor")
+        cols = {name: result.column(k, name)[1] for name in ("cumulative", "modular", "bootstrapped")}
+        ref = reference.column(k, "cumulative") if reference is not None and k in reference.kernels else None
+        bottom = _log_bottom([*cols.values(), *([ref[1]] if ref else [])], floor)
+        for (name, v), fmt in zip(cols.items(), ("-o", "-s", ":^")):
+            sd = result.column(k, f"{name}_std")[1] if f"{name}_std" in result.rows[0] else None
+            _curve(ax, t, v, floor, bottom, fmt, name, sd)
+        if ref:
+            _curve(ax, *ref, None, bottom, "k--", "oracle cumulative", lw=1)
+        _floor_axes(ax, t, floor, bottom, "MMD$^2$", k)
     return _panels_done(fig, axes, title, out)
 
 
 def plot_cumulative(curves: dict[str, dict], out: str | Path, reference=None, title: str = "") -> Path:
     """Several models' cumulative error ``D_t^cumu`` side by side, one panel per kernel:
     ``curves[model][kernel] = (t, mean, std or None)``; a reference (the exact oracle's :class:`Propagation`)
-    dashed, with its permutation noise floor shaded."""
+    dashed, with its permutation noise floor shaded (hollow markers: inside it)."""
     kernels = list(next(iter(curves.values())))
-    fig, axes = plt.subplots(1, len(kernels), figsize=(4.5 * len(kernels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(kernels), figsize=(4.6 * len(kernels), 3.8), squeeze=False)
     for ax, k in zip(axes[0], kernels):
+        ref = reference.column(k, "cumulative") if reference is not None and k in reference.kernels else None
+        t_f, floor = reference.column(k, "floor") if ref else (None, None)
+        bottom = _log_bottom([np.asarray(per[k][1]) for per in curves.values()] + ([ref[1]] if ref else []), floor)
         for name, per in curves.items():
             t, v, sd = per[k]
-            ax.errorbar(t, v, yerr=sd, marker="o", ms=3, capsize=2, label=name)
-        floor = (None, None)
-        if reference is not None and k in reference.kernels:
-            ax.plot(*reference.column(k, "cumulative"), "k--", lw=1, label="oracle")
-            floor = reference.column(k, "floor")
-        _floor_axes(ax, *floor, "$D_t^{cumu}$ (MMD$^2$)", k)
+            f = np.interp(np.log(t), np.log(t_f[::-1]), floor[::-1]) if floor is not None else None
+            _curve(ax, t, v, f, bottom, "-o", name, None if sd is None else np.asarray(sd))
+        if ref:
+            _curve(ax, *ref, floor, bottom, "k--", "oracle", lw=1)
+        _floor_axes(ax, t_f if floor is not None else t, floor, bottom, "$D_t^{cumu}$ (MMD$^2$)", k)
     return _panels_done(fig, axes, title, out)

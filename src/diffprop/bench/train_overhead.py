@@ -12,6 +12,7 @@ import tempfile
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from ..config import load_config
 from ..process import q_sample
@@ -72,6 +73,7 @@ def time_side_by_side(trainers: dict, rounds: int, steps: int) -> dict:
 
 def train_overhead() -> dict:
     cases = []
+    bar = tqdm(total=len(CASES) * ROUNDS, desc="train-overhead rounds", unit="round")
     for name, overrides in CASES.items():
         cfg = load_config(None, overrides + [f"train.steps={10**9}"])
         with tempfile.TemporaryDirectory() as tmp:
@@ -83,9 +85,11 @@ def train_overhead() -> dict:
             for _ in range(ROUNDS):
                 t_ours.append(_time(ours, STEPS, trainer.device))
                 t_bare.append(_time(bare, STEPS, trainer.device))
+                bar.update()
         ms_ours, ms_bare = statistics.median(t_ours) * 1e3, statistics.median(t_bare) * 1e3
         cases.append({"case": name, "device": str(trainer.device), "batch_size": cfg.train.batch_size,
                       "trainer_ms_per_step": round(ms_ours, 3), "bare_ms_per_step": round(ms_bare, 3),
                       "ratio": round(ms_ours / ms_bare, 3),
                       "params": sum(p.numel() for p in trainer.denoiser.parameters())})
+    bar.close()
     return {"target_ratio_max": 1.10, "rounds": ROUNDS, "steps_per_round": STEPS, "cases": cases}

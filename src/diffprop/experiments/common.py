@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from ..checkpoint import list_checkpoints
 from ..config import Config, load_config
@@ -245,19 +246,21 @@ class Study:
         ``curves[kernel]``: lists ``t``, ``cumulative``, ``modular``, ``floor``, ``amplification``); seed 0's
         samples are pictured (``self.pictures``). The rows also go to ``runs.json``."""
         rows, pictures = [], {}
-        for seed in range(self.seeds):
-            for variant, extra in variants.items():
-                rec = self.train(variant, extra, seed)
-                denoiser = load_run(rec["dir"]).denoiser
-                if score:
-                    x = self.draw(denoiser, self.scale.samples, 10_000 + seed, cache=Path(rec["dir"]))
-                    q = self.quality(x, seed)
-                    rec.update({c: q.get(c, float("nan")) for c in self.columns})
-                    if seed == 0:
-                        pictures[variant] = x
-                if kernels:
-                    rec["curves"] = curve_lists(self.curves(denoiser, kernels, seed))
-                rows.append(rec)
+        todo = [(seed, variant, extra) for seed in range(self.seeds) for variant, extra in variants.items()]
+        bar = tqdm(todo, desc=f"{self.name}: runs", unit="run", disable=not self.progress)  # overall, with ETA
+        for seed, variant, extra in bar:
+            bar.set_postfix_str(f"{variant}, seed {seed}")
+            rec = self.train(variant, extra, seed)
+            denoiser = load_run(rec["dir"]).denoiser
+            if score:
+                x = self.draw(denoiser, self.scale.samples, 10_000 + seed, cache=Path(rec["dir"]))
+                q = self.quality(x, seed)
+                rec.update({c: q.get(c, float("nan")) for c in self.columns})
+                if seed == 0:
+                    pictures[variant] = x
+            if kernels:
+                rec["curves"] = curve_lists(self.curves(denoiser, kernels, seed))
+            rows.append(rec)
         self.pictures = self.picture(pictures)
         (self.out / "runs.json").write_text(json.dumps(rows, indent=1))
         return rows

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import DiffpropError
 
@@ -35,13 +36,15 @@ class FeatureExtractor:
     fn: Callable[[torch.Tensor], torch.Tensor]
     batch_size: int = 256
     device: str = "cpu"
+    progress: bool = False  # a bar over the batches of every call
 
     @torch.no_grad()
     def batches(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
         """Features of ``images`` as a sequence of (B, dim) float64 CPU batches."""
         if images.ndim != 4:
             raise DiffpropError(f"{self.name} features take images (N, C, H, W), got shape {tuple(images.shape)}")
-        for i in range(0, len(images), self.batch_size):
+        for i in tqdm(range(0, len(images), self.batch_size), desc=f"{self.name} features", unit="batch",
+                      disable=not self.progress, leave=False):
             yield self.fn(images[i:i + self.batch_size].to(self.device, torch.float32)).to("cpu", torch.float64)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
