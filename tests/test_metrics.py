@@ -95,8 +95,10 @@ def test_frechet_guards():
     s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     got = frechet_distance(x.mean(0), s1, y.mean(0), s2)
     assert np.isfinite(got) and got == pytest.approx(_fd_numpy(x.mean(0), s1, y.mean(0), s2), rel=1e-3)
-    with pytest.raises(DiffpropError, match="imaginary part"):  # not a covariance: S1 S2 has a negative eigenvalue
+    with pytest.raises(DiffpropError, match=r"S1 has an eigenvalue of -4 \(largest 1\): not positive semi-definite"):
         frechet_distance(np.zeros(2), np.diag([1.0, -4.0]), np.zeros(2), np.eye(2))
+    with pytest.raises(DiffpropError, match=r"S1 S2 has an eigenvalue of -0.5 \(largest 2\): not positive"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.diag([2.0, -0.5]))
     with pytest.raises(DiffpropError, match="shapes do not match"):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
     with pytest.raises(DiffpropError, match="NaN or inf"):
@@ -343,6 +345,30 @@ def test_precision_recall_limits():
     assert wide["precision"] < fresh["precision"] - 0.3 and wide["recall"] > 0.9
     with pytest.raises(DiffpropError, match="more than 3 points on each side, got 3 samples"):
         precision_recall(y[:3], y)
+
+
+def _precision_recall_float64(x, y, k=3):
+    """The definition, in float64 with full distance matrices (what torch-fidelity does in its features' dtype)."""
+    x, y = x.double(), y.double()
+    rx, ry = (torch.cdist(a, a).kthvalue(k + 1, dim=1).values for a in (x, y))
+    return float((torch.cdist(x, y) <= ry).any(1).double().mean()), float((torch.cdist(y, x) <= rx).any(1).double().mean())
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "inception-like", "integers", "duplicates"])
+def test_precision_recall_is_the_definition(kind):
+    """The one-pass coverage (both directions from the sample-reference distances) gives the definition's result,
+    exact ties (integer features) and duplicates included."""
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(700, 64, generator=g), torch.randn(600, 64, generator=g) * 1.1 + 0.05
+    if kind == "inception-like":  # non-negative, far from the origin relative to their spread
+        x, y = (a.relu() + 30 for a in (x, y))
+    elif kind == "integers":
+        x, y = (x * 2).round(), (y * 2).round()
+    elif kind == "duplicates":
+        x, y = torch.cat([x[:300], x[:300], y[:100]]), torch.cat([y[:200], y[:200], x[:200]])
+    out = precision_recall(x, y)
+    assert (out["precision"], out["recall"]) == _precision_recall_float64(x, y)
+    assert 0.05 < out["precision"] < 1 and 0.05 < out["recall"] < 1
 
 
 # ---- diffprop evaluate on images -------------------------------------------------------------------------------

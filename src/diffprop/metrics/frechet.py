@@ -1,35 +1,47 @@
 """Fréchet distance between Gaussians fitted to features (Heusel et al. 2017, "FID", Eq. 6; Dowson and
 Landau 1982): ``d^2 = ||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2})``.
 
-``(S_1 S_2)^{1/2}`` is scipy's ``sqrtm`` with the guards of the reference implementations (TTUR, pytorch-fid):
-a singular or non-finite product is retried with ``eps I`` added to both covariances; a tiny imaginary part
-(round-off: the eigenvalues of ``S_1 S_2`` are real and non-negative in exact arithmetic) is dropped; a
-large one is an error.
+``tr (S_1 S_2)^{1/2}`` is the sum of the square roots of the eigenvalues of ``S_1 S_2``. For any ``A`` with
+``A A^T = S_1``, ``S_1 S_2 = A (A^T S_2)`` has the non-zero eigenvalues of ``M = A^T S_2 A`` (``XY`` and ``YX`` share
+them), and ``M`` is symmetric positive semi-definite, so symmetric eigensolvers (LAPACK's divide and conquer) give
+them: ``A`` is the Cholesky factor of ``S_1``, or ``V diag(sqrt(w))`` from ``S_1 = V diag(w) V^T`` when ``S_1`` is
+singular (fewer feature vectors than dimensions). TTUR and pytorch-fid take scipy's ``sqrtm`` of the non-symmetric
+``S_1 S_2`` (with ``eps I`` retries and a dropped imaginary part), torch-fidelity the general ``eig`` of it; the values
+agree to rounding, and this is 4-5x faster than torch-fidelity at d = 2048 (``diffprop bench metrics``).
+Round-off leaves eigenvalues slightly below 0, which count as 0; one below ``-NEG_TOL`` times the largest means the
+matrices are not covariances, an error.
 """
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 from scipy import linalg
 
 from ..errors import DiffpropError
 
-IMAG_TOL = 1e-3  # largest |imaginary part| on the diagonal of the square root, relative to its largest real entry
+NEG_TOL = 1e-6  # largest negative eigenvalue (of S_1, or of M), relative to the largest, put down to round-off
 
 
-def _sqrtm(a: np.ndarray) -> np.ndarray | None:
-    """``sqrtm(a)``, or None when scipy finds ``a`` singular or the result is not finite."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", linalg.LinAlgWarning)
-        try:
-            root = linalg.sqrtm(a)
-        except linalg.LinAlgWarning:
-            return None
-    return root if np.isfinite(root).all() else None
+def _checked(w: np.ndarray, what: str) -> np.ndarray:
+    """Ascending eigenvalues ``w`` of ``what``: those within round-off of 0 (``d eps`` times the largest, either side)
+    set to 0, so that a singular matrix's null space adds no ``sqrt`` of noise; a real negative one is an error."""
+    if w[0] < -NEG_TOL * max(w[-1], 0.0):
+        raise DiffpropError(f"Fréchet distance: {what} has an eigenvalue of {w[0]:.3g} (largest {w[-1]:.3g}): not "
+                            "positive semi-definite, so not a covariance")
+    return np.where(w > len(w) * np.finfo(np.float64).eps * max(w[-1], 0.0), w, 0.0)
 
 
-def frechet_distance(mu1, cov1, mu2, cov2, eps: float = 1e-6) -> float:
+def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
+    """``tr (S_1 S_2)^{1/2}`` for covariances ``S_1``, ``S_2`` (float64), from the eigenvalues of ``A^T S_2 A``."""
+    try:
+        a = linalg.cholesky(cov1, lower=True, check_finite=False)
+    except linalg.LinAlgError:  # singular, or not a covariance (_checked says which)
+        w, v = linalg.eigh(cov1, driver="evd", check_finite=False)
+        a = v * np.sqrt(_checked(w, "S1"))
+    m = a.T @ cov2 @ a  # eigh reads one triangle: no need to symmetrise the round-off
+    return float(np.sqrt(_checked(linalg.eigh(m, eigvals_only=True, driver="evd", check_finite=False), "S1 S2")).sum())
+
+
+def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     """Squared Fréchet distance between ``N(mu1, cov1)`` and ``N(mu2, cov2)`` (array-likes, float64)."""
     mu1, mu2 = (np.asarray(m, dtype=np.float64).reshape(-1) for m in (mu1, mu2))
     cov1, cov2 = (np.atleast_2d(np.asarray(c, dtype=np.float64)) for c in (cov1, cov2))
@@ -39,20 +51,8 @@ def frechet_distance(mu1, cov1, mu2, cov2, eps: float = 1e-6) -> float:
                             f"covariances {cov1.shape}, {cov2.shape})")
     if not all(np.isfinite(a).all() for a in (mu1, mu2, cov1, cov2)):
         raise DiffpropError("Fréchet distance: the features contain NaN or inf")
-    covmean = _sqrtm(cov1 @ cov2)
-    if covmean is None:  # singular product: regularize both covariances
-        offset = eps * np.eye(d)
-        covmean = _sqrtm((cov1 + offset) @ (cov2 + offset))
-        if covmean is None:
-            raise DiffpropError(f"Fréchet distance: sqrtm(S1 S2) failed even with {eps:g} I added to the covariances")
-    if np.iscomplexobj(covmean):
-        imag = np.abs(np.diagonal(covmean).imag).max()
-        if imag > IMAG_TOL * max(1.0, np.abs(covmean.real).max()):
-            raise DiffpropError(f"Fréchet distance: sqrtm(S1 S2) has an imaginary part of {imag:.3g} "
-                                "(the covariances are not positive semi-definite?)")
-        covmean = covmean.real
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt_product(cov1, cov2))
 
 
-__all__ = ["frechet_distance"]
+__all__ = ["frechet_distance", "trace_sqrt_product"]

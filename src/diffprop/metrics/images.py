@@ -1,5 +1,6 @@
 """Image metrics of samples against reference images in one feature space: ``fd`` (Fréchet distance, "FID" when
-the features are Inception's), ``kid`` with ``kid_std`` and ``kid_se``, and ``mmd_rbf`` (unbiased, median
+the features are Inception's), ``kid`` with ``kid_std`` and ``kid_se`` (unscaled, as torch-fidelity reports it:
+``kid_scale`` says so), and ``mmd_rbf`` (unbiased, median
 bandwidth, on at most ``MMD_POINTS`` features per side), ``precision``, ``recall`` and their harmonic mean ``f1``
 (:mod:`.precision_recall`, k = 3). The result records both N, the extractor, its weights
 hash and its preprocessing, so two numbers are comparable only when those agree.
@@ -16,6 +17,8 @@ from .kid import kid
 from .precision_recall import precision_recall
 from .stats import StreamingMoments
 from .toy import MMD_POINTS
+
+KID_SCALE = "x1: the unbiased MMD^2 itself, as torch-fidelity reports it; tables printed x10^3 multiply by 1000"
 
 
 def features_and_moments(extractor: FeatureExtractor, images: torch.Tensor) -> tuple[torch.Tensor, StreamingMoments]:
@@ -45,7 +48,7 @@ def image_metrics(samples: torch.Tensor, reference: torch.Tensor, extractor: Fea
     px = fx[torch.randperm(len(fx), generator=g)[:MMD_POINTS]]
     py = fy[torch.randperm(len(fy), generator=g)[:MMD_POINTS]]
     out = {"fd": frechet_distance(mx.mean.numpy(), mx.cov.numpy(), my.mean.numpy(), my.cov.numpy()),
-           **kid(fx, fy, kid_subsets, kid_subset_size, seed),
+           **kid(fx, fy, kid_subsets, kid_subset_size, seed), "kid_scale": KID_SCALE,
            "mmd_rbf": float(mmd(px, py, "rbf")), **precision_recall(fx, fy, seed=seed),
            "num_samples": mx.n, "num_reference": my.n, **extractor.describe()}
     if min(mx.n, my.n) <= extractor.dim:
