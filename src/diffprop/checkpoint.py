@@ -51,6 +51,18 @@ def remove_partial(run_dir: str | Path) -> None:
         shutil.rmtree(tmp)
 
 
+def set_aside(run_dir: str | Path, step: int) -> Path | None:
+    """Rename checkpoint ``step`` (if there is one) to ``diverged_step_N``, out of :func:`list_checkpoints`' sight: a
+    diverged run keeps it for inspection, and ``--resume latest`` no longer picks it."""
+    ckpt = Path(run_dir) / "checkpoints" / f"step_{step:08d}"
+    if not ckpt.is_dir():
+        return None
+    aside = ckpt.with_name(f"diverged_{ckpt.name}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(ckpt, aside)
+    return aside
+
+
 def last_good(run_dir: str | Path) -> Path | None:
     """The newest checkpoint whose model and EMA weights read back and are all finite; None if there is none."""
     for ckpt in reversed(list_checkpoints(run_dir)):
@@ -81,7 +93,9 @@ def resolve_checkpoint(run_dir: str | Path, which: str = "latest") -> Path:
         return path
     found = list_checkpoints(run_dir)
     if not found:
-        raise DiffpropError(f"{run_dir}: no checkpoints found (looked in {Path(run_dir) / 'checkpoints'})")
+        aside = sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("diverged_step_*"))
+        raise DiffpropError(f"{run_dir}: no checkpoints found (looked in {Path(run_dir) / 'checkpoints'}"
+                            + (f"; only {aside[-1]}, set aside when the run diverged)" if aside else ")"))
     return found[-1]
 
 
@@ -135,8 +149,8 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model: dict, ema: dict, o
     except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error type
         shutil.rmtree(tmp, ignore_errors=True)
         prev = list_checkpoints(run_dir)
-        raise DiffpropError(f"{tmp}: cannot write checkpoint step {step} ({getattr(e, 'strerror', None) or one_line(e)})"
-                            f"; the partial folder was removed; "
+        raise DiffpropError(f"{tmp}: cannot write checkpoint step {step} ({_os_reason(e)}); the partial folder was "
+                            f"removed; "
                             + (f"the previous checkpoint {prev[-1]} is intact" if prev else "there is no earlier checkpoint")
                             ) from None
     if final.exists():  # the same step again (a resumed earlier checkpoint): replaced only once the new one is whole
@@ -147,6 +161,14 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model: dict, ema: dict, o
     for stale in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _os_reason(e: Exception) -> str:
+    """The operating system's words for a failed write (safetensors wraps them: "... (os error 28)")."""
+    if getattr(e, "strerror", None):
+        return e.strerror
+    m = re.search(r"os error (\d+)", str(e))
+    return os.strerror(int(m.group(1))) if m else one_line(e)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -191,6 +191,10 @@ def cmd_sample(args) -> None:
                  seed=args.seed, device=device, batch_size=args.batch_size or sc.batch_size or None,
                  clip_x0=clip, **options).x.float().cpu()
     out = to_data_units(out, data.get("scaler"))
+    if not bool(out.isfinite().all()):  # finite weights can still be a diverged model's
+        bad = int((~out.flatten(1).isfinite()).any(1).sum())
+        raise DiffpropError(f"{bad} of the {len(out)} samples are NaN or infinite: the model diverged (its weights are "
+                            f"finite, its outputs are not); nothing written")
     meta.update(sampler=sampler, steps=steps, seed=args.seed, clip_x0=clip, **options)
     if args.format == "png-folder":
         from .data.images import save_image_folder

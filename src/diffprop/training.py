@@ -23,7 +23,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from .checkpoint import (check_optimizer, check_param_groups, check_rng, check_tensors, last_good, list_checkpoints,
-                         load_checkpoint, optimizer_from_tensors, remove_partial, resolve_checkpoint, save_checkpoint)
+                         load_checkpoint, optimizer_from_tensors, remove_partial, resolve_checkpoint, save_checkpoint,
+                         set_aside)
 from .config import Config, load_config, save_config
 from .data import load_dataset
 from .errors import DiffpropError, one_line
@@ -156,7 +157,7 @@ class Trainer:
                 print(f"diffprop: note: resuming with {', '.join(changed)}", file=sys.stderr)
         if restart:
             if self.acc.is_main_process:
-                print(f"diffprop: note: {self.run_dir} holds no complete checkpoint (it stopped during its first); "
+                print(f"diffprop: note: {self.run_dir} holds no complete checkpoint (it stopped before or during its first); "
                       f"starting from step 0", file=sys.stderr)
             return None
         ckpt = load_checkpoint(path)
@@ -256,9 +257,7 @@ class Trainer:
                 loss, micro = (out.value, out.logs) if isinstance(out, Term) else (out.mean(), {})
                 v = self.acc.reduce(loss.detach(), "mean") if self.world > 1 else loss.detach()
                 if not torch.isfinite(v):
-                    raise DiffpropError(f"training stopped: the loss is {v.item()} at step {self.step + 1}; the "
-                                        f"weights were not updated; last good checkpoint: "
-                                        f"{last_good(self.run_dir) or 'none'}")
+                    raise self._diverged(f"the loss is {v.item()}")
                 (self.acc.backward if scaled else torch.Tensor.backward)(loss / n if n > 1 else loss)
             value = value + v / n if n > 1 else v
             for k, p in micro.items():
@@ -268,8 +267,7 @@ class Trainer:
         # torch's own clipping: accelerate's wrapper re-checks optional imports on every call
         grad_norm = torch.nn.utils.clip_grad_norm_(self._params, tc.grad_clip or math.inf, foreach=True)
         if not scaled and not torch.isfinite(grad_norm):  # (fp16's scaler skips such a step by itself)
-            raise DiffpropError(f"training stopped: the gradient norm is {grad_norm.item()} at step {self.step + 1}; "
-                                f"the weights were not updated; last good checkpoint: {last_good(self.run_dir) or 'none'}")
+            raise self._diverged(f"the gradient norm is {grad_norm.item()}")
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         # accelerate's optimizer wrapper only matters with a grad scaler; otherwise step the optimizer itself
@@ -278,6 +276,16 @@ class Trainer:
         self.step += 1
         self._update_ema()
         return value, grad_norm, parts
+
+    def _diverged(self, what: str) -> DiffpropError:
+        """The error that stops a diverged run: ``what`` is non-finite at step ``self.step + 1``, computed with the
+        weights of step ``self.step``. A checkpoint of those weights is no good one: it is moved aside to
+        ``checkpoints/diverged_step_N``, so that ``--resume latest`` continues from the last good one, whose weights
+        trained on, and that one is named."""
+        aside = set_aside(self.run_dir, self.step) if self.acc.is_main_process else None
+        return DiffpropError(f"training stopped: {what} at step {self.step + 1}; the weights were not updated; "
+                             + (f"their checkpoint moved to {aside}; " if aside else "")
+                             + f"last good checkpoint: {last_good(self.run_dir) or 'none'}")
 
     @torch.no_grad()
     def _update_ema(self) -> None:

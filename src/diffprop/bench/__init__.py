@@ -5,6 +5,7 @@ import platform
 
 import torch
 
+from .crash import crash_bench
 from .measure_bench import measure_bench
 from .metrics_bench import metrics_bench
 from .mmd_bench import mmd_bench
@@ -13,7 +14,7 @@ from .smd import smd_bench
 from .train_overhead import train_overhead
 
 BENCHMARKS = {"train-overhead": train_overhead, "mmd": mmd_bench, "measure": measure_bench,
-              "regularizers": regularizers_bench, "smd": smd_bench, "metrics": metrics_bench}
+              "regularizers": regularizers_bench, "smd": smd_bench, "crash": crash_bench, "metrics": metrics_bench}
 
 
 def run_benchmark(name: str) -> dict:

@@ -47,7 +47,8 @@ def load_npz(path: Path, image_size: int | None) -> torch.Tensor:
     if arr.ndim not in (2, 3, 4) or 0 in arr.shape:
         raise DiffpropError(f"{path}: array '{key}' has shape {arr.shape}; expected (N, D) vectors, "
                             "(N, H, W) or (N, C, H, W) images, every size >= 1")
-    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
+        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     if not torch.isfinite(x).all():
         raise DiffpropError(f"{path}: array '{key}' contains NaN or infinite values, or values beyond float32's "
                             f"{FLOAT32_MAX:.3g}")
