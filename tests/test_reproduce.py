@@ -273,8 +273,8 @@ def test_markdown_to_html_escapes_and_converts():
     assert '<h1 id="a-b">A &lt;b&gt;</h1>' in page and "<p>x &lt; y, <strong>bold</strong> <code>a&lt;b</code>, " \
         '<a href="u.md">l</a></p>' in page
     assert "<ul>\n<li>one</li>\n<li>two</li>\n</ul>" in page
-    assert "<tr><th>h</th><th>k</th></tr>" in page and "<tr><td>1</td><td>2</td></tr>" in page
-    assert '<img alt="cap" src="IMG:f.png">' in page and "<title>T</title>" in page
+    assert "<tr>\n<th>h</th>\n<th>k</th>\n</tr>" in page and "<tr>\n<td>1</td>\n<td>2</td>\n</tr>" in page
+    assert '<img src="IMG:f.png" alt="cap" />' in page and "<title>T</title>" in page
 
 
 def test_compare_and_standing_read_direction_and_significance():

@@ -519,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("report", help="gather reproduction folders into one Markdown and HTML page",
                        description="Collect the report.md, tables and figures of `diffprop reproduce` folders into "
                        "one Markdown page (image links relative to it) and a self-contained HTML page beside it "
-                       "(images embedded).")
+                       "(images embedded). Reports are untrusted: a figure must be an image file inside its folder, "
+                       "raw HTML stays text, and only http(s) and relative links are kept.")
     g.add_argument("dirs", nargs="+", metavar="DIR", help="folders written by `diffprop reproduce`")
     g.add_argument("--out", default="runs/report.md", help="the Markdown page (default: runs/report.md); the "
                    "HTML page gets the same name with .html")
@@ -530,7 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", help="train-overhead (trainer vs bare loop), mmd (chunked vs full-matrix MMD, "
                    "memory), measure (full measure on digits, MMD share of the time), regularizers (step time of each "
                    "regularizer relative to vanilla), smd (time and memory per step of each SMD variant against the plain "
-                   "backbone), metrics (FD, KID, precision/recall at 2048 dimensions against torch-fidelity's functions)")
+                   "backbone), metrics (FD, KID, precision/recall at 2048 dimensions against torch-fidelity's functions), crash "
+                   "(kill -9 tiny training runs at random moments and inside checkpoint writes, resume each, compare bit for "
+                   "bit with an uninterrupted run)")
     b.add_argument("--out", help="also write the JSON here")
     b.set_defaults(fn=cmd_bench)
     return p
