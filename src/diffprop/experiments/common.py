@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..checkpoint import list_checkpoints
+from ..checkpoint import list_checkpoints, read_json
 from ..config import Config, load_config
 from ..data import load_dataset
 from ..diagnostics.propagation import Propagation, propagation
@@ -168,9 +168,9 @@ class Study:
         done = run_dir / "train.json"
         same = made_with(run_dir, cfg)
         if same and done.is_file():  # (the folder may have moved since)
-            return {"variant": variant, "seed": seed, **json.loads(done.read_text()), "dir": str(run_dir)}
+            return {"variant": variant, "seed": seed, **read_json(done, "training record"), "dir": str(run_dir)}
         if not same and (other := self.finished_elsewhere(cfg)) is not None:
-            return {"variant": variant, "seed": seed, **json.loads((other / "train.json").read_text()),
+            return {"variant": variant, "seed": seed, **read_json(other / "train.json", "training record"),
                     "dir": str(other), "shared": True}
         resume = "latest" if same and not cfg.train.time_budget and list_checkpoints(run_dir) else None
         if resume is None:

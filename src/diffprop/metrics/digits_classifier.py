@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import load_tensors
+from ..checkpoint import load_tensors, read_json
 from ..errors import DiffpropError
 from .features import FeatureExtractor
 
@@ -129,10 +129,7 @@ def load_digits_classifier(root: str | Path | None = None, progress: bool = True
     path, record_path = root / f"digits-classifier-{key}.safetensors", root / f"digits-classifier-{key}.json"
     model = DigitsCNN(CONFIG["widths"], CONFIG["hidden"])
     if path.is_file() and record_path.is_file():
-        try:
-            record = json.loads(record_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DiffpropError(f"{record_path}: cannot read the classifier's record ({e})") from None
+        record = read_json(record_path, "classifier's record")
         sha = _file_sha256(path)
         if sha != record.get("sha256"):
             raise DiffpropError(f"{path}: SHA-256 {sha[:12]}... differs from {str(record.get('sha256'))[:12]}... "
