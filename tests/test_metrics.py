@@ -95,10 +95,13 @@ def test_frechet_guards():
     s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     got = frechet_distance(x.mean(0), s1, y.mean(0), s2)
     assert np.isfinite(got) and got == pytest.approx(_fd_numpy(x.mean(0), s1, y.mean(0), s2), rel=1e-3)
-    with pytest.raises(DiffpropError, match=r"S1 has an eigenvalue of -4 \(largest 1\): not positive semi-definite"):
-        frechet_distance(np.zeros(2), np.diag([1.0, -4.0]), np.zeros(2), np.eye(2))
-    with pytest.raises(DiffpropError, match=r"S1 S2 has an eigenvalue of -0.5 \(largest 2\): not positive"):
+    for s1 in (np.diag([1.0, -4.0]), np.array([[1.0, 0, 0], [0, 0, 1], [0, 1, 0]])):  # not covariances
+        with pytest.raises(DiffpropError, match=r"S1 is not positive semi-definite \(its pivoted Cholesky factor misses "
+                                                r"it by [14]\), so not a covariance"):
+            frechet_distance(np.zeros(len(s1)), s1, np.zeros(len(s1)), np.eye(len(s1)))
+    with pytest.raises(DiffpropError, match=r"S1 S2 has an eigenvalue of -0.5 \(largest 2\): S2 is not positive"):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.diag([2.0, -0.5]))
+    assert frechet_distance(np.ones(2), np.zeros((2, 2)), np.zeros(2), np.diag([4.0, 9.0])) == pytest.approx(15.0)
     with pytest.raises(DiffpropError, match="shapes do not match"):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
     with pytest.raises(DiffpropError, match="NaN or inf"):

@@ -65,7 +65,8 @@ def make_accelerator(cfg: Config, run_dir: Path | None = None) -> Accelerator:
     tracking = {} if tc.log_with == "none" else {"log_with": tc.log_with, "project_dir": Path(run_dir) / "trackers"}
     acc = Accelerator(cpu=cpu, mixed_precision=mp, **tracking)
     if acc.mixed_precision == "fp16" and cpu:
-        where = "train.mixed_precision = 'fp16'" if mp else "accelerate's mixed precision (train.mixed_precision = 'auto') is fp16 and"
+        where = ("train.mixed_precision = 'fp16'" if mp else
+                 "accelerate's mixed precision (train.mixed_precision = 'auto') is fp16 and")
         raise DiffpropError(f"config: {where} needs a GPU; use 'bf16' or 'no' on CPU")
     return acc
 
