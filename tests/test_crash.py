@@ -145,7 +145,8 @@ def test_a_diverging_run_leaves_only_finite_checkpoints_and_resumes_with_a_small
            in err, err
     assert [p.name for p in list_checkpoints(run)] == ["step_00000001"]
     for part in ("model", "ema"):
-        assert all(t.isfinite().all() for t in load_file(run / f"checkpoints/step_00000001/{part}.safetensors").values())
+        weights = load_file(run / f"checkpoints/step_00000001/{part}.safetensors")
+        assert all(t.isfinite().all() for t in weights.values())
     assert main(["sample", str(run), "--num", "16", "--steps", "5", "--out", str(tmp_path / "s.npz")]) == 0
     calm = ["--set", "train.lr=1e-3", "--set", "train.steps=5", "--set", "train.warmup_steps=0"]
     assert main(train_argv(config, run, *calm, "--resume", "latest")) == 0

@@ -369,6 +369,12 @@ for name, argv, message in [
     ("lr-nan", [*TRAIN, "--set", "train.lr=nan"], "train.lr must be a finite number, got nan"),
     ("weight-decay-1e400", [*TRAIN, "--set", "train.weight_decay=1e400"], "weight_decay must be a finite number"),
     ("measure-num-1e5", ["measure", "--oracle", "gmm-grid", "--num", "100000"], "--num 100000: at most 3000 samples"),
+    ("measure-permutations-1e9", ["measure", "--oracle", "gmm-grid", "--permutations", "1000000000"],
+     "argument --permutations: must be in 1..10000"),
+    ("measure-repeats-1e9", ["measure", "--oracle", "gmm-grid", "--repeats", "1000000000"],
+     "argument --repeats: must be in 1..100"),
+    ("reproduce-seeds-1e20", ["reproduce", "epdm-quick", "--scale", "tiny", "--seeds", str(10**20)],
+     "argument --seeds: must be in 1..100"),
     ("consistency-steps-1e5", [*TRAIN, "--set", "consistency.steps=100000"],
      "consistency.steps (100000) must be <= consistency.window (20)"),
 ]:

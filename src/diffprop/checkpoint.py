@@ -39,7 +39,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 def remove_partial(run_dir: str | Path) -> None:
     """Clear what a crash in :func:`save_checkpoint` can leave: a ``.tmp_step_N`` folder (removed) and, between its two
-    renames, a step moved aside to ``.old_step_N`` (put back when ``step_N`` is missing). Only with the run lock held."""
+    renames, a step moved aside to ``.old_step_N`` (put back when ``step_N`` is missing). Only under the run lock."""
     root = Path(run_dir) / "checkpoints"
     for old in root.glob(".old_step_*") if root.is_dir() else ():
         final = root / old.name.removeprefix(".old_")
@@ -151,7 +151,8 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model: dict, ema: dict, o
         prev = list_checkpoints(run_dir)
         raise DiffpropError(f"{tmp}: cannot write checkpoint step {step} ({_os_reason(e)}); the partial folder was "
                             f"removed; "
-                            + (f"the previous checkpoint {prev[-1]} is intact" if prev else "there is no earlier checkpoint")
+                            + (f"the previous checkpoint {prev[-1]} is intact" if prev else
+                               "there is no earlier checkpoint")
                             ) from None
     if final.exists():  # the same step again (a resumed earlier checkpoint): replaced only once the new one is whole
         shutil.rmtree(old, ignore_errors=True)
@@ -234,8 +235,8 @@ def check_tensors(path: Path, tensors: dict[str, torch.Tensor], expected: dict[s
             raise DiffpropError(f"{path}: tensor {k!r} is {t.dtype} {tuple(t.shape)} but the run's model has "
                                 f"{ref.dtype} {tuple(ref.shape)}")
     if bad := _nonfinite(tensors):
-        raise DiffpropError(f"{path}: {bad[0]!r} (and {len(bad) - 1} more tensors) hold NaN or infinite values: the run "
-                            f"diverged by this checkpoint; use an earlier one")
+        raise DiffpropError(f"{path}: {bad[0]!r} (and {len(bad) - 1} more tensors) hold NaN or infinite values: the "
+                            f"run diverged by this checkpoint; use an earlier one")
 
 
 def check_optimizer(path: Path, tensors: dict[str, torch.Tensor], scalars: dict, params: list[torch.Tensor]) -> None:
@@ -260,8 +261,8 @@ def check_optimizer(path: Path, tensors: dict[str, torch.Tensor], scalars: dict,
             raise DiffpropError(f"{path}: optimizer entry {key!r} is {value.dtype} {tuple(value.shape)} but parameter "
                                 f"{idx} is {p.dtype} {tuple(p.shape)}")
     if bad := _nonfinite(tensors):
-        raise DiffpropError(f"{path}: optimizer entry {bad[0]!r} holds NaN or infinite values: the run diverged by this "
-                            f"checkpoint; use an earlier one")
+        raise DiffpropError(f"{path}: optimizer entry {bad[0]!r} holds NaN or infinite values: the run diverged by "
+                            f"this checkpoint; use an earlier one")
 
 
 def _same_kind(value, ref) -> bool:
@@ -298,7 +299,8 @@ def check_rng(path: Path, tensors: dict[str, torch.Tensor], sizes: dict[str, int
     for name, size in sizes.items():
         t = tensors.get(name)
         if t is None:
-            raise DiffpropError(f"{path}: no {name!r} generator state (holds {', '.join(map(repr, tensors)) or 'none'})")
+            held = ", ".join(map(repr, tensors)) or "none"
+            raise DiffpropError(f"{path}: no {name!r} generator state (holds {held})")
         if t.dtype != torch.uint8 or tuple(t.shape) != (world, size):
             raise DiffpropError(f"{path}: generator state {name!r} is {t.dtype} {tuple(t.shape)}; expected uint8 "
                                 f"({world}, {size}): one {size}-byte state per process")

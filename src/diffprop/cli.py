@@ -58,7 +58,8 @@ def _writable_out(path: Path, folder: bool) -> Path:
     """``path`` (an output folder, or file) after checking it can be written, before any work is done: a run of hours
     must not end in a traceback. Nothing is created; a probe file comes and goes in the nearest existing folder."""
     if path.exists() and folder != path.is_dir():
-        raise DiffpropError(f"--out {path}: is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'}")
+        kind, other = ("file", "folder") if folder else ("folder", "file")
+        raise DiffpropError(f"--out {path}: is a {kind}; give a {other}")
     base = path if folder else path.parent
     while not base.exists():
         base = base.parent
@@ -295,8 +296,8 @@ def cmd_measure(args) -> None:
                             f"KERNEL@H)")
     for k in kernels:
         parse_kernel(k)  # reject a bad kernel before any work
-    out = _writable_out(Path(args.out or (Path(args.run_dir) / "measure" if args.run_dir else Path("runs") / "measure")),
-                        folder=True)
+    default = Path(args.run_dir) / "measure" if args.run_dir else Path("runs") / "measure"
+    out = _writable_out(Path(args.out or default), folder=True)
     denoiser, cfg, info, meta, device = _denoiser_for(args)
     name = getattr(args, "dataset", None) or info["name"]
     ds = load_dataset(name, num_samples=max(args.num * 4, 4000), image_size=info["data_shape"][-1]
@@ -473,8 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of rbf, laplace, imq, rbf-mix; KERNEL@H fixes the bandwidth (e.g. rbf@0.1)")
     m.add_argument("--bootstrap-steps", type=_positive(int), default=5,
                    help="L of the bootstrapped chain (Li & van der Schaar 2024, Sec. 5.2)")
-    m.add_argument("--permutations", type=_positive(int), default=100, help="permutations for the noise floor")
-    m.add_argument("--repeats", type=_positive(int), default=1,
+    m.add_argument("--permutations", type=_positive(int, 10000), default=100,
+                   help="permutations for the noise floor, at most 10000 (p-values to 1e-4)")
+    m.add_argument("--repeats", type=_positive(int, 100), default=1,
                    help="repeat with fresh seeds; columns become means, *_std columns their spread")
     m.add_argument("--batch-size", type=_positive(int), help="sampling batch size")
     m.add_argument("--seed", type=_seed, default=0)
@@ -506,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--list", action="store_true", help="list the experiments with their estimated times")
     r.add_argument("--scale", default="small", help="tiny (minutes, what the tests run), small (about an hour on "
                    "2 CPU cores) or paper (the papers' data and U-Net; GPUs; prints its GPU-hour estimate first)")
-    r.add_argument("--seeds", type=_positive(int), help="number of seeds (default: the scale's)")
+    r.add_argument("--seeds", type=_positive(int, 100), help="number of seeds, at most 100 (default: the scale's)")
     r.add_argument("--data", metavar="DATASET", help="train on this dataset instead of the scale's (required at "
                    "paper scale, e.g. cifar10:PATH/cifar-10-batches-py); images get the U-Net and FID-style metrics")
     r.add_argument("--inception-weights", metavar="PATH", help="FID Inception-v3 weights for image data other than "

@@ -237,7 +237,7 @@ def _check(key: str, value: Any, f: dataclasses.Field) -> Any:
     if typ == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise DiffpropError(f"config: {key} must be an integer, got {value!r}")
-        if "max" not in rule and not -MAX_INT <= value <= MAX_INT:  # TOML integers are unbounded; a field's own max wins
+        if "max" not in rule and not -MAX_INT <= value <= MAX_INT:  # TOML integers are unbounded (a max says more)
             raise DiffpropError(f"config: {key} must fit in 64 bits (|{key}| <= {MAX_INT}), got {_shown(value)}")
     elif typ == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):

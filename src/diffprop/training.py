@@ -158,7 +158,8 @@ class Trainer:
                 print(f"diffprop: note: resuming with {', '.join(changed)}", file=sys.stderr)
         if restart:
             if self.acc.is_main_process:
-                print(f"diffprop: note: {self.run_dir} holds no complete checkpoint (it stopped before or during its first); "
+                print(f"diffprop: note: {self.run_dir} holds no complete checkpoint (it stopped before or during its "
+                      f"first); "
                       f"starting from step 0", file=sys.stderr)
             return None
         ckpt = load_checkpoint(path)
