@@ -119,15 +119,20 @@ def test_fig4_quality_and_time_per_L(tiny):
     assert "tradeoff.png" in _report(tiny["epdm-fig4"])
 
 
-def test_propagation_theorem_check_shares(tiny):
+def test_propagation_theorem_checks(tiny):
     folder = tiny["propagation-theorem"]
     rows = _table(folder)
-    assert len(rows) == 3 * 6 and {r["model / kernel"].split(" / ")[0] for r in rows} == \
-        {"ddpm", "oracle, eps-bias 0.1", "oracle, eps-scale 1.1"}
+    assert [r["model"] for r in rows] == ["ddpm", "oracle, eps-bias 0.1", "oracle, eps-scale 1.1"]
     for r in rows:
-        assert all(0 <= float(r[c]) <= 1 for c in ("Thm 3.1", "Prop. 4.1 lower", "Prop. 4.1 upper"))
-    _finite(rows, ["E_1^cumu", "D_1^cumu"])
-    assert "theorem.png" in _report(folder)
+        assert all(0 <= float(r[c]) <= 1 for c in ("bound held", "Thm 3.1 failed"))
+    _finite(rows, ["E_1^cumu", "noise", "bound"])
+    mmd = list(csv.DictReader((folder / "prop-4-1" / "table.csv").open()))
+    assert len(mmd) == 3 * 6
+    assert all(0 <= float(r[c]) <= 1 for r in mmd for c in ("Prop. 4.1 lower", "Prop. 4.1 upper"))
+    report = _report(folder)
+    assert "theorem.png" in report and "**(a) Closed form.**" in report
+    assert re.search(r"Reproduces\?\*\* (no|partly): Thm 3.1 is false \(closed form: the slack is negative at every t",
+                     report)
     assert (folder / "measure" / "oracle-eps-bias0.1" / "propagation.csv").is_file()
 
 
@@ -248,7 +253,7 @@ def test_report_gathers_markdown_and_html(tiny, tmp_path, capsys):
 
 def test_report_errors(tiny, tmp_path, capsys):
     cases = [([str(tmp_path / "missing")], "no such folder"),
-             ([str(tmp_path)], "not a reproduction folder (no report.md"),
+             ([str(tmp_path)], "not a report folder (no report.md"),
              ([str(tiny["epdm-fig2"]), "--out", str(tmp_path / "x.html")], "give a .md file")]
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -256,7 +261,7 @@ def test_report_errors(tiny, tmp_path, capsys):
     cases.append(([str(broken)], "links the figure gone.png, which is missing"))
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "report.md").write_text("notes\n")
-    cases.append(([str(tmp_path / "plain")], "not a reproduction report"))
+    cases.append(([str(tmp_path / "plain")], "not a diffprop report (needs a '# title' line)"))
     for args, message in cases:
         if "--out" not in args:
             args = [*args, "--out", str(tmp_path / "r.md")]

@@ -1,54 +1,62 @@
-"""The main job: train a vanilla and an EPDM-regularized DDPM on the 7x7 Gaussian grid, sample and measure
-both beside the exact oracle, evaluate, report.
+"""The main job: a vanilla and an EPDM-regularized DDPM on Gaussian-mixture data, sampled and measured beside the
+exact oracle, evaluated, reported (``report.md`` and a self-contained ``report.html``).
 
-Everything comes from the embedded default config (``Config()``: gmm-grid, MLP, T = 1000, linear
-schedule); the EPDM model adds 000's regularizer with the paper's settings (``configs/epdm-paper.toml``) and
-trains for the same number of steps. Nothing is downloaded. Running it again reuses finished training runs
-of the same configs.
+Three recipes (:data:`RECIPES`), every one from embedded settings, nothing downloaded:
+
+- ``quick`` (``demo --quick``): ``gmm-ring`` (8 modes), T = 1000; one DDPM is trained, then fine-tuned twice for the
+  same steps from its weights, with the plain loss (``ddpm``) and with the regularizer of Li & van der Schaar
+  (2024) as the paper describes it (``epdm``) -- how a regularizer is applied to a trained model;
+- ``default`` (``demo``): the same on ``gmm-grid`` (the 7x7 grid of Li, van Breugel & van der Schaar 2024), a wider net;
+- ``full`` (``demo --full``): both models trained from scratch on ``gmm-grid`` for 12k steps each (EPDM at 3-4x the
+  cost of a plain step).
+
+Running it again reuses finished training runs of the same configs.
 """
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from .checkpoint import list_checkpoints
 from .config import Config, config_from_dict
+from .demo_recipes import EPDM, HIGH_QUALITY, RECIPES, REPORTED, Recipe
 from .data import load_dataset
 from .diagnostics.propagation import propagation
 from .measure import describe_checks, write_measure
 from .metrics.toy import sample_metrics
 from .oracle import OracleDenoiser
-from .plots import plot_cumulative, plot_loss, plot_scatter
+from .plots import plot_headline, plot_loss, plot_scatter
+from .report import write_html
 from .runs import load_run, made_with
 from .samplers import sample
 from .training import Trainer
 
-FULL = {"train": {"steps": 12000, "batch_size": 512, "lr": 1e-3, "lr_schedule": "cosine", "checkpoint_every": 2000}}
-QUICK = {"train": {"steps": 1000, "batch_size": 256, "lr": 2e-3, "lr_schedule": "cosine", "checkpoint_every": 500}}
-# the two models: vanilla DDPM, and DDPM + EPDM as 000's text describes it (lambda_nl 0.8, lambda_reg 0.2, L = 5)
-MODELS = {"ddpm": {}, "epdm": {"objective": {"lambda_nl": 0.8, "regularizers": ["epdm"]}, "epdm": {"preset": "paper"}}}
-NUM_SAMPLES = {False: 2000, True: 500}
-# median-bandwidth RBF (what 000 uses) is blind inside a mode of std 0.05; a 0.1 bandwidth sees it
-MEASURE = {False: dict(num=1000, grid=[1, 3, 10, 30, 100, 200, 400, 700, 1000], kernels=("rbf", "rbf@0.1")),
-           True: dict(num=500, grid=[1, 10, 100, 400, 1000], kernels=("rbf", "rbf@0.1"))}
-REPORTED = ("high_quality_fraction", "mode_coverage", "mode_weight_tv", "within_mode_std_ratio",
-            "log_likelihood", "mmd_rbf")
+def demo_configs(recipe: Recipe) -> dict[str, Config]:
+    """``base`` (with fine-tunes), ``ddpm`` and ``epdm``: the recipe's runs."""
+    common = {"data": {"name": recipe.data}, "diffusion": {"T": recipe.T}, "model": recipe.model}
+    train = lambda t: {"train": {"checkpoint_every": t["steps"], **t}}  # noqa: E731
+    if recipe.finetune is None:
+        return {"ddpm": config_from_dict({**common, **train(recipe.base)}),
+                "epdm": config_from_dict({**common, **train(recipe.base), **EPDM})}
+    return {"base": config_from_dict({**common, **train(recipe.base)}),
+            "ddpm": config_from_dict({**common, **train(recipe.finetune)}),
+            "epdm": config_from_dict({**common, **train(recipe.finetune), **EPDM})}
 
 
-def demo_configs(quick: bool) -> dict[str, Config]:
-    return {name: config_from_dict({**(QUICK if quick else FULL), **extra}) for name, extra in MODELS.items()}
-
-
-def _train(cfg: Config, run_dir: Path, progress: bool) -> float:
-    """Train unless ``run_dir`` already holds a finished run of exactly this config; returns seconds spent."""
+def _train(cfg: Config, run_dir: Path, progress: bool, init_from: Path | None = None, force: bool = False) -> float:
+    """Train unless ``run_dir`` already holds a finished run of exactly this config (and ``force`` is off); returns
+    seconds spent."""
     done = list_checkpoints(run_dir)
-    if done and made_with(run_dir, cfg) and done[-1].name == f"step_{cfg.train.steps:08d}":
+    if not force and done and made_with(run_dir, cfg) and done[-1].name == f"step_{cfg.train.steps:08d}":
         return 0.0
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
-    Trainer(cfg, run_dir, progress=progress).train()
+    Trainer(cfg, run_dir, progress=progress, init_from=init_from).train()
     plot_loss(run_dir / "log.jsonl", run_dir / "loss.png")
     return time.perf_counter() - t0
 
@@ -60,35 +68,60 @@ def _table(rows: dict[str, dict]) -> str:
 
 
 def _theorem_lines(props: dict[str, dict]) -> str:
-    """What the exact KL errors say about 000 Thm 3.1 and Prop. 4.1 (see diffprop.measure.summarize)."""
-    lines = [f"- {who}, {k}: {describe_checks(v)}." for who, prop in props.items()
-             for k, v in prop["kernels"].items() if describe_checks(v)]
-    return ("Exact KL errors (the data density is known): the kNN entropy estimator's noise, about 0.02-0.08 nats "
-            "at N = 1000 near the data, is larger than per-step modular errors, so read these counts with care.\n\n"
-            + "\n".join(lines) + "\n") if lines else ""
+    """What the exact KL errors say about Thm 3.1 and Prop. 4.1 (see diffprop.measure.summarize_exact, summarize)."""
+    lines = [f"- {who}: {prop['exact']['verdict']}" for who, prop in props.items() if prop.get("exact")]
+    lines += [f"- {who}, {k}: {describe_checks(v)}." for who, prop in props.items()
+              for k, v in prop["kernels"].items() if describe_checks(v)]
+    return ("Exact KL errors (the data density is known), each with its noise: the kNN estimator's standard error on "
+            "fresh exact samples.\n\n" + "\n".join(lines) + "\n") if lines else ""
 
 
-def _propagation_table(props: dict[str, dict], reference: dict) -> str:
+def _propagation_table(props: dict[str, dict]) -> str:
     rows = "".join(
         f"| {who} | {k} | {v['cumulative_tT']:.2g} | {v['cumulative_t1']:.2g} | {v['floor_t1']:.2g} | "
         f"{v['points_above_floor']}/{v['points']} |\n"
-        for who, per in (*((w, p["kernels"]) for w, p in props.items()), ("oracle", reference))
-        for k, v in per.items())
+        for who, p in props.items() for k, v in p["kernels"].items())
     return ("| model | kernel | D^cumu at t=T | D^cumu at t=1 | floor at t=1 | points above floor |\n"
             "|---|---|---|---|---|---|\n" + rows)
 
 
-def run_demo(out: Path, quick: bool = False, progress: bool = True) -> Path:
+def run_demo(out: Path, mode: str = "default", progress: bool = True) -> Path:
+    """Run the recipe ``mode`` (quick, default, full) into ``out``; returns the report's path."""
+    recipe = RECIPES[mode]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfgs = demo_configs(quick)
+    cfgs = demo_configs(recipe)
     cfg = cfgs["ddpm"]
-    train_s = {name: _train(c, out / name, progress) for name, c in cfgs.items()}
-    runs = {name: load_run(out / name) for name in cfgs}
+    if progress:
+        print(f"diffprop demo ({mode}): about {recipe.minutes:g} min on 2 idle CPU cores from scratch; finished "
+              f"training runs in {out} are reused", file=sys.stderr)
+    total = recipe.minutes * 60
+    bar = tqdm(total=round(total), desc=f"demo ({mode})", unit="s", disable=not progress, position=0,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
+
+    def phase(what: str) -> None:
+        bar.set_postfix_str(what)
+
+    def done(i: int) -> None:
+        bar.update(round(total * recipe.phases[i]))
+
+    train_s = {}
+    base = None
+    if recipe.finetune is not None:
+        phase("training the base DDPM")
+        train_s["base"] = _train(cfgs["base"], out / "base", progress)
+        base = out / "base"
+        done(0)
+    for i, name in ((1, "ddpm"), (2, "epdm")):
+        phase(f"{'fine-tuning' if base else 'training'} {name}")
+        train_s[name] = _train(cfgs[name], out / name, progress, init_from=base, force=bool(train_s.get("base")))
+        done(i)
+    runs = {name: load_run(out / name) for name in ("ddpm", "epdm")}
     data = load_dataset(cfg.data.name, num_samples=cfg.data.num_samples, seed=cfg.seed)
-    n, shape = NUM_SAMPLES[quick], tuple(data.data_shape)
+    n, shape = recipe.samples, tuple(data.data_shape)
     oracle = OracleDenoiser(data.mixture, runs["ddpm"].denoiser.schedule, var_type=cfg.diffusion.var_type)
     models = {"oracle": oracle, **{name: r.denoiser for name, r in runs.items()}}
+    phase("sampling")
     samples, metrics = {}, {}
     for name, model in models.items():
         x = sample(model, n, shape, sampler="ddpm", seed=cfg.seed + 1, progress=progress and f"sampling {name}").x.float()
@@ -96,50 +129,67 @@ def run_demo(out: Path, quick: bool = False, progress: bool = True) -> Path:
         metrics[name] = sample_metrics(x, data.x, data.mixture, seed=cfg.seed)
     plot_scatter({f"{k} ({n} samples, DDPM T={cfg.diffusion.T})": v.numpy() for k, v in samples.items()},
                  out / "samples.png", reference=data.x[:5000].numpy())
-    settings = dict(progress=progress, seed=cfg.seed, **MEASURE[quick])
-    reference = propagation(oracle, data.x, **settings)
-    props, results = {}, {}
-    for name, r in runs.items():
-        results[name] = propagation(r.denoiser, data.x, oracle=oracle, **settings)
-        props[name] = write_measure(results[name], out / "measure" / name,
-                                    {"model": f"{name} (EMA)", "dataset": cfg.data.name}, reference=reference,
-                                    settings=settings)
-    curves = {name: {k: (*res.column(k, "cumulative"), None) for k in res.kernels} for name, res in results.items()}
-    plot_cumulative(curves, out / "propagation.png", reference=reference,
-                    title="cumulative error of the EMA models against the exact oracle")
-    summary = {"configs": {k: c.to_dict() for k, c in cfgs.items()}, "train_seconds": {k: round(v, 1) for k, v in
-                                                                                    train_s.items()},
-               "metrics": metrics, "propagation": props}
+    done(3)
+    phase("measuring error propagation")
+    settings = dict(progress=progress, seed=cfg.seed, **recipe.measure)
+    results = {name: propagation(model, data.x, oracle=oracle, **settings) for name, model in models.items()}
+    props = {name: write_measure(results[name], out / "measure" / name,
+                                 {"model": name if name == "oracle" else f"{name} (EMA)", "dataset": cfg.data.name},
+                                 reference=None if name == "oracle" else results["oracle"], settings=settings)
+             for name in models}
+    plot_headline(results, "rbf@0.1", out / "propagation.png",
+                  title=f"error along the DDPM chain on {cfg.data.name}: trained models against the exact oracle")
+    done(4)
+    bar.close()
+    summary = {"recipe": mode, "configs": {k: c.to_dict() for k, c in cfgs.items()},
+               "train_seconds": {k: round(v, 1) for k, v in train_s.items()}, "metrics": metrics, "propagation": props}
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
-    trained = ", ".join(f"{k} {v:.0f} s" if v else f"{k}: reused an earlier run" for k, v in train_s.items())
     report = out / "report.md"
-    report.write_text(
-        f"# diffprop demo{' (quick)' if quick else ''}\n\n"
-        f"Two DDPMs (residual MLP, eps-prediction, T = {cfg.diffusion.T}, linear betas, sigma_t^2 = beta_t) trained "
-        f"for {cfg.train.steps} steps each (batch {cfg.train.batch_size}, EMA {cfg.train.ema_decay}) on `gmm-grid`, "
-        "the 7x7 grid of Gaussians with std 0.05 from Li, van Breugel & van der Schaar (2024, Sec. 5.1): `ddpm` with "
-        "the plain denoising loss, `epdm` with the cumulative-error regularizer of Li & van der Schaar (2024) as "
-        "the paper describes it (Sec. 5: `0.8 L_nl + 0.2 T w_t "
-        "MMD^2(x~_t, x_t)`, L = 5 bootstrapped steps from a warm start, rho = 0.003, median-bandwidth RBF). Each "
-        f"is sampled with {n} DDPM chains beside the exact oracle denoiser of the same data.\n\n"
+    report.write_text(_report_text(recipe, mode, cfgs, train_s, metrics, props))
+    write_html(report)
+    return report
+
+
+def _report_text(recipe: Recipe, mode: str, cfgs: dict, train_s: dict, metrics: dict, props: dict) -> str:
+    cfg = cfgs["ddpm"]
+    hq = metrics["ddpm"]["high_quality_fraction"]
+    trained = ", ".join(f"{k} {v:.0f} s" if v else f"{k}: reused an earlier run" for k, v in train_s.items())
+    b = cfgs.get("base", cfg).train
+    how = (f"One DDPM was trained for {b.steps} steps (batch {b.batch_size}, AdamW {b.lr:g}, cosine decay), then "
+           f"fine-tuned twice from its weights for {cfg.train.steps} steps each (learning rate {cfg.train.lr:g}): "
+           "`ddpm` with the plain denoising loss, `epdm` with the cumulative-error regularizer of Li & van der Schaar "
+           "(2024)" if recipe.finetune else
+           f"Two DDPMs were trained from scratch for {b.steps} steps each (batch {b.batch_size}): `ddpm` with the "
+           "plain denoising loss, `epdm` with the cumulative-error regularizer of Li & van der Schaar (2024)")
+    data = ("`gmm-ring`, 8 Gaussians of std 0.05 on a circle of radius 2" if cfg.data.name == "gmm-ring" else
+            "`gmm-grid`, the 7x7 grid of Gaussians with std 0.05 from Li, van Breugel & van der Schaar (2024, Sec. 5.1)")
+    return (
+        f"# diffprop demo ({mode})\n\n"
+        f"{how} as the paper describes it (Sec. 5: `0.8 L_nl + 0.2 T w_t MMD^2(x~_t, x_t)`, L = 5 bootstrapped steps "
+        f"from a warm start, rho = 0.003, median-bandwidth RBF). Data: {data}. Residual MLP, eps-prediction, "
+        f"T = {cfg.diffusion.T}, linear betas, sigma_t^2 = beta_t, EMA weights. Each model draws {recipe.samples} "
+        "DDPM samples beside the exact oracle denoiser of the same data.\n\n"
         f"{_table(metrics)}\n"
+        f"The vanilla model puts {hq:.0%} of its samples near a mode "
+        f"({'at or above' if hq >= HIGH_QUALITY else 'below'} the {HIGH_QUALITY:.0%} this demo aims for). "
         "high_quality_fraction: share of samples within 4 std of a mode; mode_coverage: share of modes holding "
         "at least 10 % of their expected samples; mode_weight_tv: total-variation distance of the mode weights "
         "from uniform; within_mode_std_ratio: within-mode spread over the true 0.05 (1 is exact); log_likelihood: "
         "mean exact log-density of the samples; mmd_rbf: MMD^2 to the data (median-bandwidth RBF, unbiased).\n\n"
         "![samples](samples.png)\n\n"
         "## Error propagation (Li & van der Schaar 2024, Sec. 4)\n\n"
-        "Cumulative error `D_t^cumu` (MMD^2 between the chain's x_{t-1} and forward samples of q(x_{t-1})) of both "
-        "models against t; the dashed line is the exact oracle's, the shaded band the permutation noise floor. A "
-        "median-bandwidth RBF sees only coarse defects (mode weights, drift); the 0.1-bandwidth RBF sees spread "
-        "inside a mode. Each model's own plot (`measure/NAME/propagation.png`) adds its modular error `D_t^mod` "
-        "(one model step from exact q(x_t)) and the bootstrapped estimate of Li & van der Schaar (2024, Sec. 5.2) "
-        "(L = 5).\n\n"
+        "Left: the exact cumulative error `E_t^cumu = KL(p_t || q_t)` of each model's chain (the data density is "
+        "known; a k-nearest-neighbour entropy estimate with its reading on exact samples removed), the grey band "
+        "twice the estimator's standard error; the oracle's stays inside it. Right: `D_t^cumu`, the MMD^2 between "
+        "the chain's x_{t-1} and forward samples of q(x_{t-1}), with a 0.1-bandwidth RBF that sees spread inside a "
+        "mode, the grey band its permutation noise floor. Hollow markers lie inside the noise. Sampling runs left "
+        "to right, from t = T to t = 1.\n\n"
         "![error propagation](propagation.png)\n\n"
-        f"{_propagation_table(props, props['ddpm']['reference'])}\n{_theorem_lines(props)}\n"
+        f"{_propagation_table(props)}\n{_theorem_lines(props)}\n"
+        "Each model's own measurement adds its modular error `D_t^mod` (one model step from exact q(x_t)) and the "
+        "bootstrapped estimate of Li & van der Schaar (2024, Sec. 5.2), both kernels:\n\n"
         "![ddpm](measure/ddpm/propagation.png)\n\n![epdm](measure/epdm/propagation.png)\n\n"
-        "Training loss: ![ddpm loss](ddpm/loss.png) ![epdm loss](epdm/loss.png)\n\n"
-        f"Training: {trained}. Files: `ddpm/`, `epdm/` (run folders: config.toml, checkpoints, log.jsonl), "
-        "`metrics.json`, `samples.png`, `propagation.png`, `measure/NAME/` (propagation.csv, reference.csv for the "
-        "oracle, summary.json).\n")
-    return report
+        "Training loss: " + " ".join(f"![{k} loss]({k}/loss.png)" for k in train_s) + "\n\n"
+        f"Training: {trained}. Files: " + ", ".join(f"`{k}/`" for k in train_s) + " (run folders: config.toml, "
+        "checkpoints, log.jsonl), `metrics.json`, `samples.png`, `propagation.png`, `measure/NAME/` "
+        "(propagation.csv, reference.csv for the oracle, summary.json), `report.html` (this page, self-contained).\n")

@@ -84,15 +84,17 @@ def _log_bottom(values, floor) -> float:
 
 
 def _curve(ax, t, v, floor, bottom: float, fmt: str, label: str, sd=None, **kw):
-    """``v`` on a log axis: solid markers above the noise ``floor``, hollow ones inside it, values <= 0 (unbiased
-    MMD^2 estimates can be negative) on the axis' bottom; ``sd`` a shaded band."""
+    """``v`` on a log axis: solid markers above the noise ``floor``, hollow ones inside it; values at or below the
+    axis' bottom (unbiased MMD^2 estimates can be negative) as hollow down-triangles on it, the line broken there;
+    ``sd`` a shaded band."""
     t, v = np.asarray(t, float), np.asarray(v, float)
-    shown = np.where(v > bottom, v, bottom)
-    line, = ax.plot(t, shown, fmt, ms=4, label=label, **kw)
-    inside = ~(v > floor) if floor is not None else ~(v > 0)
+    low = ~(v > bottom)
+    line, = ax.plot(t, np.where(low, np.nan, v), fmt, ms=4, label=label, **kw)
+    inside = ~low & (~(v > floor) if floor is not None else False)
     if inside.any():
-        ax.plot(t[inside], shown[inside], line.get_marker() or "o", ms=4, mfc="white", mec=line.get_color(),
-                ls="none")
+        ax.plot(t[inside], v[inside], line.get_marker() or "o", ms=4, mfc="white", color=line.get_color(), ls="none")
+    if low.any():
+        ax.plot(t[low], np.full(low.sum(), bottom), "v", ms=5, mfc="white", color=line.get_color(), ls="none")
     if sd is not None:
         ax.fill_between(t, np.maximum(v - sd, bottom), np.maximum(v + sd, bottom), color=line.get_color(),
                         alpha=0.15, lw=0)
@@ -103,7 +105,7 @@ def _floor_axes(ax, t, floor, bottom: float, ylabel: str, title: str) -> None:
     """What every propagation panel shares: a log y axis from ``bottom``, the permutation noise floor shaded from
     the bottom up (a value in the grey is indistinguishable from 0), log t with sampling running left to right."""
     if floor is not None:
-        ax.fill_between(t, bottom, np.maximum(floor, bottom), color="0.88", lw=0, label="noise floor (95 %); hollow: inside it")
+        ax.fill_between(t, bottom, np.maximum(floor, bottom), color="0.88", lw=0, label="noise floor (95 %); hollow: inside it, \u25bd: <= 0")
     ax.set_yscale("log")
     ax.set_ylim(bottom=bottom / 1.5)
     ax.set(ylabel=ylabel, title=title)
@@ -111,7 +113,8 @@ def _floor_axes(ax, t, floor, bottom: float, ylabel: str, title: str) -> None:
 
 
 def _panels_done(fig, axes, title: str, out) -> Path:
-    axes[0][0].legend(fontsize=7)
+    axes[0][-1].legend(*axes[0][0].get_legend_handles_labels(), fontsize=7, loc="upper left",
+                       bbox_to_anchor=(1.02, 1.0))  # beside the panels, never over a curve
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, out)
@@ -121,7 +124,7 @@ def plot_propagation(result, out: str | Path, reference=None, title: str = "") -
     """One panel per kernel: cumulative, modular and bootstrapped MMD^2 against t, the cumulative curve's
     permutation noise floor shaded (hollow markers: inside it), and a reference model's cumulative curve dashed."""
     kernels = result.kernels
-    fig, axes = plt.subplots(1, len(kernels), figsize=(4.4 * len(kernels), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(kernels), figsize=(4.4 * len(kernels) + 2.6, 3.8), squeeze=False)
     for ax, k in zip(axes[0], kernels):
         t, floor = result.column(k, "floor")
         cols = {name: result.column(k, name)[1] for name in ("cumulative", "modular", "bootstrapped")}
@@ -141,7 +144,7 @@ def plot_cumulative(curves: dict[str, dict], out: str | Path, reference=None, ti
     ``curves[model][kernel] = (t, mean, std or None)``; a reference (the exact oracle's :class:`Propagation`)
     dashed, with its permutation noise floor shaded (hollow markers: inside it)."""
     kernels = list(next(iter(curves.values())))
-    fig, axes = plt.subplots(1, len(kernels), figsize=(4.6 * len(kernels), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(kernels), figsize=(4.6 * len(kernels) + 2.6, 3.8), squeeze=False)
     for ax, k in zip(axes[0], kernels):
         ref = reference.column(k, "cumulative") if reference is not None and k in reference.kernels else None
         t_f, floor = reference.column(k, "floor") if ref else (None, None)
@@ -154,3 +157,37 @@ def plot_cumulative(curves: dict[str, dict], out: str | Path, reference=None, ti
             _curve(ax, *ref, floor, bottom, "k--", "oracle", lw=1)
         _floor_axes(ax, t_f if floor is not None else t, floor, bottom, "$D_t^{cumu}$ (MMD$^2$)", k)
     return _panels_done(fig, axes, title, out)
+
+
+def plot_headline(results: dict, kernel: str, out: str | Path, title: str = "") -> Path:
+    """Several models' error along the chain, two panels: the exact cumulative KL ``E_t^cumu`` (nats; Gaussian-mixture
+    data, kNN floor removed) with twice the estimator's standard error as its noise floor, and ``D_t^cumu`` (MMD^2)
+    at ``kernel`` with its permutation noise floor; hollow markers are inside the floor."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.9), squeeze=False)
+    exact = {n: r for n, r in results.items() if r.rows and "cumulative_kl" in r.rows[0]}
+    panels = [(axes[0][0], exact, "exact", "$E_t^{cumu}$ = KL$(p_t \\| q_t)$ (nats)", "exact cumulative KL"),
+              (axes[0][1], results, "mmd", "$D_t^{cumu}$ (MMD$^2$)", f"cumulative MMD$^2$, {kernel}")]
+    for ax, res, what, ylabel, name in panels:
+        cols = {}
+        for n, r in res.items():
+            if what == "exact":
+                t, e = r.column(kernel, "cumulative_kl")
+                cols[n] = (t, e - r.column(kernel, "kl_floor")[1], 2 * r.column(kernel, "cumulative_kl_se")[1])
+            else:
+                t, d = r.column(kernel, "cumulative")
+                cols[n] = (t, d, r.column(kernel, "floor")[1])
+        if not cols:
+            ax.set_visible(False)
+            continue
+        floor = np.nanmax(np.stack([f for _, _, f in cols.values()]), 0)
+        bottom = _log_bottom([v for _, v, _ in cols.values()], floor)
+        for n, (t, v, f) in cols.items():
+            _curve(ax, t, v, f, bottom, "k--" if n == "oracle" else "-o", n, lw=1 if n == "oracle" else 1.5)
+        t_any = next(iter(cols.values()))[0]
+        _floor_axes(ax, t_any, floor, bottom, ylabel, name)
+        if what == "exact":
+            ax.collections[-1].set_label("estimator noise (2 SE)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, out)

@@ -41,19 +41,22 @@ def _md_text(text: str) -> str:
 
 
 def read_reproduction(folder: Path, page_dir: Path) -> dict:
-    """One folder's report: its title, verdict and Markdown with headings one level down and relative links
-    rewritten against ``page_dir``; every linked image must exist."""
+    """One folder's report (a reproduction's or the demo's): its title, verdict ("-" where it states none) and
+    Markdown with headings one level down and relative links rewritten against ``page_dir``; every linked image
+    must exist."""
     if not folder.is_dir():
         raise DiffpropError(f"{folder}: no such folder")
     path = folder / "report.md"
     if not path.is_file():
-        raise DiffpropError(f"{folder}: not a reproduction folder (no report.md; run `diffprop reproduce` first)")
+        raise DiffpropError(f"{folder}: not a report folder (no report.md; run `diffprop reproduce` or `diffprop "
+                            f"demo` first)")
     text = path.read_text(encoding="utf-8", errors="replace")
     title = next((ln[2:].strip() for ln in text.splitlines() if ln.startswith("# ")), None)
     verdict = next((ln.split("**Reproduces?**", 1)[1].strip() for ln in text.splitlines()
                     if ln.startswith("**Reproduces?**")), None)
-    if title is None or verdict is None:
-        raise DiffpropError(f"{path}: not a reproduction report (needs a '# title' and a '**Reproduces?**' line)")
+    if title is None:
+        raise DiffpropError(f"{path}: not a diffprop report (needs a '# title' line)")
+    verdict = "-" if verdict is None else verdict
 
     def rebase(m: re.Match) -> str:
         target = m.group(2)
@@ -89,6 +92,15 @@ def _data_uri(page_dir: Path, roots: list[Path]):
             return None
         return f"data:{MIME[path.resolve().suffix.lower()]};base64," + base64.b64encode(path.read_bytes()).decode()
     return image
+
+
+def write_html(report: Path) -> Path:
+    """``report`` (a ``report.md``) as a self-contained HTML page beside it, showing only images inside its folder."""
+    text = report.read_text(encoding="utf-8")
+    title = next((ln[2:].strip() for ln in text.splitlines() if ln.startswith("# ")), "diffprop report")
+    html_path = report.with_suffix(".html")
+    html_path.write_text(to_html(text, title, _data_uri(report.parent, [report.parent])), encoding="utf-8")
+    return html_path
 
 
 def write_report_pages(folders: list[Path], out: Path) -> tuple[Path, Path]:

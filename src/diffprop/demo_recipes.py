@@ -1,0 +1,44 @@
+"""The demo's recipes (:mod:`diffprop.demo`): data only, so that ``diffprop demo --help`` can state their times."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    data: str
+    T: int
+    model: dict  # [model] overrides of the MLP
+    base: dict  # [train] of the base run (``finetune``) or of both models trained from scratch (no ``finetune``)
+    finetune: dict | None  # [train] of the two fine-tunes from the base run's weights
+    samples: int  # DDPM samples per model
+    measure: dict  # propagation settings: N = M, grid, kernels
+    minutes: float  # measured wall time on 2 idle cores, fresh (docs/results.md); the overall bar's scale
+    phases: tuple[float, ...]  # share of that time per phase: base, ddpm, epdm, sampling, measuring
+
+
+# a median-bandwidth RBF (what 000 uses) is blind inside a mode of std 0.05; a 0.1 bandwidth sees it
+KERNELS = ("rbf", "rbf@0.1")
+RECIPES = {
+    # T = 1000, not fewer: with sigma_t^2 = beta_t even the exact oracle's chain is off by ~0.1 nats near t = 1 at
+    # T = 100 (its steps are 10x larger), and the demo would show no floor to compare with
+    "quick": Recipe("gmm-ring", 1000, {"width": 128, "depth": 3},
+                    {"steps": 2000, "batch_size": 512, "lr": 5e-3, "lr_schedule": "cosine"},
+                    {"steps": 300, "batch_size": 512, "lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 0},
+                    1000, dict(num=1000, grid=[1, 2, 3, 5, 10, 30, 100, 300, 1000], kernels=KERNELS),
+                    2.0, (0.4, 0.06, 0.24, 0.05, 0.25)),
+    "default": Recipe("gmm-grid", 1000, {"width": 256, "depth": 3},
+                      {"steps": 6000, "batch_size": 512, "lr": 3e-3, "lr_schedule": "cosine"},
+                      {"steps": 500, "batch_size": 512, "lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 0},
+                      2000, dict(num=1000, grid=[1, 2, 3, 5, 10, 30, 100, 300, 1000], kernels=KERNELS),
+                      10.0, (0.45, 0.04, 0.16, 0.1, 0.25)),
+    "full": Recipe("gmm-grid", 1000, {},
+                   {"steps": 12000, "batch_size": 512, "lr": 1e-3, "lr_schedule": "cosine", "checkpoint_every": 2000},
+                   None, 2000, dict(num=1000, grid=[1, 3, 10, 30, 100, 200, 400, 700, 1000], kernels=KERNELS),
+                   45.0, (0.0, 0.19, 0.72, 0.03, 0.06)),
+}
+# the regularized model: 000's text (lambda_nl 0.8, lambda_reg 0.2, L = 5; configs/epdm-paper.toml)
+EPDM = {"objective": {"lambda_nl": 0.8, "regularizers": ["epdm"]}, "epdm": {"preset": "paper"}}
+HIGH_QUALITY = 0.9  # the share of samples near a mode the vanilla model should reach
+REPORTED = ("high_quality_fraction", "mode_coverage", "mode_weight_tv", "within_mode_std_ratio",
+            "log_likelihood", "mmd_rbf")
