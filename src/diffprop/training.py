@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import json
 import math
+import os
 import sys
 import time
 import weakref
@@ -62,13 +63,13 @@ def make_accelerator(cfg: Config, run_dir: Path | None = None) -> Accelerator:
     if tc.log_with == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
         raise DiffpropError("config: train.log_with = 'tensorboard' needs the package tensorboard "
                             "(pip install tensorboard), which is not installed")
-    tracking = {} if tc.log_with == "none" else {"log_with": tc.log_with, "project_dir": Path(run_dir) / "trackers"}
-    acc = Accelerator(cpu=cpu, mixed_precision=mp, **tracking)
-    if acc.mixed_precision == "fp16" and cpu:
+    # what accelerate will choose (its launcher's variable), checked before an Accelerator fixes it for the process
+    if cpu and (mp or os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()) == "fp16":
         where = ("train.mixed_precision = 'fp16'" if mp else
                  "accelerate's mixed precision (train.mixed_precision = 'auto') is fp16 and")
         raise DiffpropError(f"config: {where} needs a GPU; use 'bf16' or 'no' on CPU")
-    return acc
+    tracking = {} if tc.log_with == "none" else {"log_with": tc.log_with, "project_dir": Path(run_dir) / "trackers"}
+    return Accelerator(cpu=cpu, mixed_precision=mp, **tracking)
 
 
 class Trainer:
