@@ -1,18 +1,14 @@
 """diffusers' names for what diffprop calls otherwise, in one place: configs accept them as aliases,
 ``--diffusers`` reads them, ``diffprop export`` writes them.
 
-=========================  ==================================  =============================================
-diffprop                   diffusers                           where
-=========================  ==================================  =============================================
-``eps`` / ``x0`` / ``v``   ``epsilon`` / ``sample`` /          ``diffusion.parameterization`` /
-                           ``v_prediction``                    ``prediction_type``
-``beta_tilde`` / ``beta``  ``fixed_small`` / ``fixed_large``   ``diffusion.var_type`` / ``variance_type``
-``cosine``                 ``squaredcos_cap_v2``               ``diffusion.schedule`` / ``beta_schedule``
-``sigmoid_abar``           (none: exported as ``trained_betas``)  Jabri et al. (2022)'s sigmoid on abar, the EPDM
-                                                               and SMD public code's "sigmoid"
-``even``, ``linspace``,    ``linspace``, ``leading``,          ``sample.spacing`` / ``timestep_spacing``
-``leading``, ``trailing``  ``trailing``
-=========================  ==================================  =============================================
+- ``diffusion.parameterization`` ``eps`` / ``x0`` / ``v``: ``prediction_type`` ``epsilon`` / ``sample`` /
+  ``v_prediction``;
+- ``diffusion.var_type`` ``beta_tilde`` / ``beta``: ``variance_type`` ``fixed_small`` / ``fixed_large``;
+- ``diffusion.schedule`` ``cosine``: ``beta_schedule`` ``squaredcos_cap_v2``; ``sigmoid_abar`` (Jabri et al. 2022's
+  sigmoid on abar, the EPDM and SMD public code's "sigmoid") has no diffusers name and is exported as
+  ``trained_betas``;
+- ``sample.spacing`` ``linspace`` / ``leading`` / ``trailing``: ``timestep_spacing`` of the same names (diffprop's own
+  ``even`` besides).
 
 diffusers' ``sigmoid`` beta schedule (``betas = sigmoid(linspace(-6, 6, T))`` scaled into
 ``[beta_start, beta_end]``) is another schedule than Jabri et al.'s, so diffprop's, once called ``sigmoid``,
