@@ -6,7 +6,7 @@ Three recipes (:data:`RECIPES`), every one from embedded settings, nothing downl
 - ``quick`` (``demo --quick``): ``gmm-ring`` (8 modes), T = 1000; one DDPM is trained, then fine-tuned twice for the
   same steps from its weights, with the plain loss (``ddpm``) and with the regularizer of Li & van der Schaar
   (2024) as the paper describes it (``epdm``) -- how a regularizer is applied to a trained model;
-- ``default`` (``demo``): the same on ``gmm-grid`` (the 7x7 grid of Li, van Breugel & van der Schaar 2024), a wider net;
+- ``default`` (``demo``): the same on ``gmm-grid`` (the 7x7 grid of Li, van Breugel & van der Schaar 2024), longer;
 - ``full`` (``demo --full``): both models trained from scratch on ``gmm-grid`` for 12k steps each (EPDM at 3-4x the
   cost of a plain step).
 

@@ -186,7 +186,7 @@ def plot_headline(results: dict, kernel: str, out: str | Path, title: str = "") 
         t_any = next(iter(cols.values()))[0]
         _floor_axes(ax, t_any, floor, bottom, ylabel, name)
         if what == "exact":
-            ax.collections[-1].set_label("estimator noise (2 SE)")
+            ax.collections[-1].set_label("estimator noise (2 SE); hollow: inside it, \u25bd: <= 0")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     if title:
         fig.suptitle(title, fontsize=10)
