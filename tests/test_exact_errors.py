@@ -1,16 +1,18 @@
 """Exact errors on Gaussian-mixture data (000 Def. 3.1-3.2): k-NN entropy, cumulative and modular KL."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from diffprop.diagnostics.entropy import knn_entropy
-from diffprop.diagnostics.exact import cumulative_kl, modular_error, modular_kl
+from diffprop.diagnostics.exact import cumulative_kl, cumulative_kl_estimate, forward_samples, modular_error, modular_kl
 from diffprop.errors import DiffpropError
 from diffprop.metrics.toy import sample_metrics
-from diffprop.mixtures import GaussianMixture, grid_mixture
+from diffprop.mixtures import GaussianMixture, grid_mixture, ring_mixture
 from diffprop.oracle import OracleDenoiser
 from diffprop.process import q_sample
+from diffprop.samplers import sample
 from diffprop.schedules import NoiseSchedule
 
 SCHED = NoiseSchedule.from_config("linear", 1000)
@@ -51,6 +53,38 @@ def test_cumulative_kl_of_exact_samples_is_zero(mix, n, ts):
     oracle = OracleDenoiser(mix, SCHED)
     for t in ts:
         assert abs(cumulative_kl(_forward(mix, t, n, g), oracle, t)) < 0.05, t
+
+
+def test_floor_corrected_kl_reads_zero_on_the_exact_oracle():
+    """The exact oracle's chain (gmm-ring, N = 2000) reads E_t^cumu ~ 0 once the floor on fresh exact samples is
+    removed (with duplicates in the floor's sample it read 0.02-0.06 too low); an eps-bias of 0.1 reads >= 5x the
+    tolerance at t = 1. At t = 1 the chain's x_0 gets its sigma_1 noise back, as propagation does (000 Eq. 2)."""
+    ring = ring_mixture()
+    oracle = OracleDenoiser(ring, SCHED)
+    ts, g = [1, 10, 100], torch.Generator().manual_seed(0)
+
+    def readings(model):
+        states = sample(model, 2000, (2,), seed=1, record=[t - 1 for t in ts], progress=False).states
+        states[0] = states[0] + SCHED.betas[1].sqrt() * torch.randn(states[0].shape, generator=g)
+        return [cumulative_kl_estimate(states[t - 1], oracle, t - 1, generator=g) for t in ts]
+
+    exact = readings(oracle)
+    assert sum(abs(e.value) for e in exact) / len(ts) <= 0.02
+    assert all(0.002 < e.se < 0.03 for e in exact)
+    assert readings(OracleDenoiser(ring, SCHED, eps_bias=0.1))[0].value >= 5 * 0.02
+
+
+def test_floor_corrected_kl_noise_matches_its_spread():
+    """``se`` (the floors' spread) is the spread of the estimate over fresh exact samples, within a factor 1.6."""
+    ring, g = ring_mixture(), torch.Generator().manual_seed(4)
+    oracle = OracleDenoiser(ring, SCHED)
+    x = forward_samples(oracle, 10, 500, g)
+    assert len(torch.unique(x, dim=0)) == 500  # fresh: no duplicates
+    est = [cumulative_kl_estimate(forward_samples(oracle, 10, 500, g), oracle, 10, generator=g) for _ in range(24)]
+    spread, se = np.std([e.value for e in est], ddof=1), np.mean([e.se for e in est])
+    assert spread / 1.6 < se < spread * 1.6, (spread, se)
+    with pytest.raises(DiffpropError, match="floors >= 2"):
+        cumulative_kl_estimate(x, oracle, 10, floors=1)
 
 
 def test_cumulative_kl_detects_shift():

@@ -3,13 +3,15 @@ magnitude for an oracle with a noise-prediction bias; `measure` end to end, also
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from diffprop.cli import main
 from diffprop.diagnostics.propagation import parse_kernel, propagation, time_grid
 from diffprop.errors import DiffpropError
-from diffprop.mixtures import grid_mixture
+from diffprop.measure import summarize, summarize_exact
+from diffprop.mixtures import grid_mixture, ring_mixture
 from diffprop.oracle import OracleDenoiser
 from diffprop.schedules import NoiseSchedule
 
@@ -39,6 +41,34 @@ def test_biased_oracle_accumulates_error_from_T_towards_small_t():
     assert (mod < cumu).all() or (mod[small] < 0.1 * cumu[small]).all()  # one step's error is small: it accumulates
 
 
+def test_summed_bound_holds_and_theorem_3_1_fails_on_exact_errors():
+    """gmm-ring, eps-bias 0.1: E_t^cumu <= KL(p_T || q_T) + sum_u>=t E_u^mod (the chain rule of KL) at every t, and
+    at t = 1 E_1^cumu sits far below sum_u>=1 E_u^mod, which 000 Thm 3.1 summed says it exceeds (E_1 ~ 0.14 against
+    ~0.30 at N = 2000). Prop. 4.1's lower bound is checked for rbf, not for rbf-mix (k(x, x) = 5)."""
+    ring = ring_mixture()
+    oracle, data = OracleDenoiser(ring, SCHED), ring.sample(4000, torch.Generator().manual_seed(0)).float()
+    res = propagation(OracleDenoiser(ring, SCHED, eps_bias=0.1), data, oracle=oracle,
+                      **{**OPTS, "num": 500, "grid": [1, 10, 100, 1000], "kernels": ("rbf", "rbf-mix"),
+                         "num_permutations": 2})
+    t, mod = res.column("rbf", "modular_kl")
+    _, total = res.column("rbf", "modular_kl_sum")
+    _, kl_T = res.column("rbf", "kl_T")
+    assert abs(kl_T[0]) < 1e-4 and total[-1] == pytest.approx(mod[-1]) and (np.diff(total) < 0).all()
+    np.testing.assert_allclose(res.column("rbf", "propagation_bound")[1], kl_T + total)
+    x = summarize_exact(res)
+    assert x["bound_verdict"] == "yes" and x["bound_holds"] == x["points"] == 4
+    assert x["theorem_3_1_verdict"] == "no" and x["gap_in_noise"] > 3 and 0.2 < x["bound"] < 0.4
+    assert "Li & van der Schaar 2024" in x["verdict"] and x["E_1_se"] > 0
+    per = summarize(res)
+    assert isinstance(per["rbf"]["prop_4_1_lower_holds"], int) and per["rbf-mix"]["prop_4_1_lower_holds"] is None
+    assert per["rbf-mix"]["kernel_diagonal"] == 5
+
+
+def test_forward_samples_come_without_replacement():
+    with pytest.raises(DiffpropError, match="fewer than num=200"):
+        propagation(OracleDenoiser(GRID, SCHED), DATA[:150], **{**OPTS, "num": 200})
+
+
 def test_kernel_specs_and_grid():
     assert parse_kernel("laplace") == ("laplace", "median") and parse_kernel("rbf@0.1") == ("rbf", 0.1)
     for bad, msg in (("gauss", "unknown kernel 'gauss'"), ("rbf@x", "is not a number"), ("imq@0", "must be > 0")):
@@ -59,6 +89,8 @@ def test_measure_cli_writes_the_contract_files(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "oracle:gmm-grid" and summary["eps_bias"] == 0.1
     assert set(summary["kernels"]) == {"rbf", "laplace", "imq", "rbf@0.1"}
+    assert {"E_1", "E_1_se", "bound", "verdict"} <= summary["exact"].keys() and "cumulative_kl_se" in rows[0]
+    assert "exact KL: E_1^cumu" in capsys.readouterr().out
     assert (out / "propagation.png").stat().st_size > 10_000
 
 

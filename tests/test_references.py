@@ -12,8 +12,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CODES = ("000", "001", "002", "003", "004")
 # a bare paper code: not part of a longer number (1000, 1,000, 0.003, 2e-003) or a name (step_000)
 CODE = re.compile(r"(?<![\w.,\-])00[0-4](?![\w]|\.\d)")
-# modules whose texts another change is rewriting; their strings are checked once it lands
-PENDING = {"experiments/propagation_theorem.py": "its CLAIM is rewritten with issue 12 item 7"}
 
 
 def codes_in(text: str) -> list[str]:
@@ -49,9 +47,7 @@ def test_docs_cite_no_code(path):
 
 def _modules():
     for p in sorted((ROOT / "src" / "diffprop").rglob("*.py")):
-        rel = str(p.relative_to(ROOT / "src" / "diffprop"))
-        yield pytest.param(p, id=rel, marks=[pytest.mark.xfail(reason=PENDING[rel], strict=False)]
-                           if rel in PENDING else [])
+        yield pytest.param(p, id=str(p.relative_to(ROOT / "src" / "diffprop")))
 
 
 @pytest.mark.parametrize("path", list(_modules()))

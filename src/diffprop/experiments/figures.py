@@ -21,21 +21,38 @@ def plot_tradeoff(L: list[int], quality: list[np.ndarray], metric: str, ms: list
     return _save(fig, out)
 
 
-def plot_theorem(results: dict, kernel: str, out: Path) -> Path:
-    """000 Thm 3.1 and Prop. 4.1 on exact errors, one panel per model: ``E_t^cumu`` (exact KL, kNN floor removed)
-    against the propagation bound ``E_{t+1}^cumu + E_t^mod`` and the MMD bounds ``D_t^cumu / 4`` and ``D_t^cumu``."""
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
-    for ax, (name, res) in zip(axes[0], results.items()):
+def plot_theorem(results: dict, kernel: str, out: Path, closed=None) -> Path:
+    """000 Thm 3.1 and Prop. 4.1 on exact errors, one panel per model: ``E_t^cumu`` (exact KL, kNN floor removed, ±
+    its noise) against the summed bound ``KL(p_T || q_T) + sum_{u >= t} E_u^mod`` (which Thm 3.1 summed would put below
+    it) and the MMD bounds ``D_t^cumu / 4`` and ``D_t^cumu``. ``closed`` (a
+    :class:`~diffprop.diagnostics.gaussian_chain.GaussianChain`) adds a first panel: ``E_t^cumu`` against Thm 3.1's
+    right side ``E_{t+1}^cumu + E_t^mod`` and ``R_t``, the difference."""
+    n = len(results) + (closed is not None)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
+    panels = list(axes[0])
+    if closed is not None:
+        ax = panels.pop(0)
+        ax.plot(closed.t, closed.cumulative, "-", label="E_t^cumu")
+        ax.plot(closed.t, closed.cumulative_next + closed.modular, ":",
+                label="E_{t+1}^cumu + E_t^mod (Thm 3.1: below E_t^cumu)")
+        ax.plot(closed.t, closed.reverse, "--", label="R_t = their difference")
+        ax.set_yscale("log")
+        ax.set(xscale="log", xlabel="t", ylabel="nats", title="closed form, linear-Gaussian chain")
+        ax.invert_xaxis()
+        ax.legend(fontsize=7)
+    for ax, (name, res) in zip(panels, results.items()):
         t, e = res.column(kernel, "cumulative_kl")
         e = e - res.column(kernel, "kl_floor")[1]
-        e_next = res.column(kernel, "cumulative_kl_next")[1] - res.column(kernel, "kl_floor_next")[1]
+        se = res.column(kernel, "cumulative_kl_se")[1]
         d = res.column(kernel, "cumulative")[1]
         ax.plot(t, e, "o-", label="E_t^cumu (exact KL)")
-        ax.plot(t, e_next + res.column(kernel, "modular_kl")[1], "s:", label="E_{t+1}^cumu + E_t^mod (Thm 3.1)")
+        ax.fill_between(t, e - se, e + se, alpha=0.25)
+        ax.plot(t, res.column(kernel, "propagation_bound")[1], "s:", label="KL(p_T||q_T) + sum_u>=t E_u^mod")
         ax.plot(t, d, "k--", lw=1, label=f"D_t^cumu ({kernel})")
         ax.plot(t, d / 4, "k:", lw=1, label="D_t^cumu / 4")
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.set(xscale="log", xlabel="t (sampling runs right to left)", ylabel="nats / MMD^2", title=name)
         ax.invert_xaxis()
-    axes[0][0].legend(fontsize=7)
+    if panels:
+        panels[0].legend(fontsize=7)
     return _save(fig, out)
