@@ -31,7 +31,7 @@ RECIPES = {
                       {"steps": 12000, "batch_size": 512, "lr": 3e-3, "lr_schedule": "cosine"},
                       {"steps": 1000, "batch_size": 512, "lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 0},
                       2000, dict(num=1000, grid=[1, 2, 3, 5, 10, 30, 100, 300, 1000], kernels=KERNELS),
-                      6.0, (0.4, 0.03, 0.13, 0.11, 0.33)),  # estimated from quick's step times, not timed
+                      5.5, (0.47, 0.04, 0.18, 0.07, 0.24)),  # docs/results.md: how this was measured
     "full": Recipe("gmm-grid", 1000, {},
                    {"steps": 12000, "batch_size": 512, "lr": 1e-3, "lr_schedule": "cosine", "checkpoint_every": 2000},
                    None, 2000, dict(num=1000, grid=[1, 3, 10, 30, 100, 200, 400, 700, 1000], kernels=KERNELS),
