@@ -124,7 +124,8 @@ def run_demo(out: Path, mode: str = "default", progress: bool = True) -> Path:
     phase("sampling")
     samples, metrics = {}, {}
     for name, model in models.items():
-        x = sample(model, n, shape, sampler="ddpm", seed=cfg.seed + 1, progress=progress and f"sampling {name}").x.float()
+        x = sample(model, n, shape, sampler="ddpm", seed=cfg.seed + 1,
+                   progress=progress and f"sampling {name}").x.float()
         samples[name] = x
         metrics[name] = sample_metrics(x, data.x, data.mixture, seed=cfg.seed)
     plot_scatter({f"{k} ({n} samples, DDPM T={cfg.diffusion.T})": v.numpy() for k, v in samples.items()},
@@ -162,7 +163,8 @@ def _report_text(recipe: Recipe, mode: str, cfgs: dict, train_s: dict, metrics: 
            f"Two DDPMs were trained from scratch for {b.steps} steps each (batch {b.batch_size}): `ddpm` with the "
            "plain denoising loss, `epdm` with the cumulative-error regularizer of Li & van der Schaar (2024)")
     data = ("`gmm-ring`, 8 Gaussians of std 0.05 on a circle of radius 2" if cfg.data.name == "gmm-ring" else
-            "`gmm-grid`, the 7x7 grid of Gaussians with std 0.05 from Li, van Breugel & van der Schaar (2024, Sec. 5.1)")
+            "`gmm-grid`, the 7x7 grid of Gaussians with std 0.05 from Li, van Breugel & van der Schaar (2024, "
+            "Sec. 5.1)")
     return (
         f"# diffprop demo ({mode})\n\n"
         f"{how} as the paper describes it (Sec. 5: `0.8 L_nl + 0.2 T w_t MMD^2(x~_t, x_t)`, L = 5 bootstrapped steps "

@@ -101,11 +101,13 @@ def _curve(ax, t, v, floor, bottom: float, fmt: str, label: str, sd=None, **kw):
     return line
 
 
-def _floor_axes(ax, t, floor, bottom: float, ylabel: str, title: str) -> None:
-    """What every propagation panel shares: a log y axis from ``bottom``, the permutation noise floor shaded from
-    the bottom up (a value in the grey is indistinguishable from 0), log t with sampling running left to right."""
+def _floor_axes(ax, t, floor, bottom: float, ylabel: str, title: str, floor_name: str = "noise floor (95 %)") -> None:
+    """What every propagation panel shares: a log y axis from ``bottom``, the noise floor (by default the
+    permutation test's) shaded from the bottom up (a value in the grey is indistinguishable from 0), log t with
+    sampling running left to right."""
     if floor is not None:
-        ax.fill_between(t, bottom, np.maximum(floor, bottom), color="0.88", lw=0, label="noise floor (95 %); hollow: inside it, \u25bd: <= 0")
+        ax.fill_between(t, bottom, np.maximum(floor, bottom), color="0.88", lw=0,
+                        label=f"{floor_name}; hollow: inside it, \u25bd: <= 0")
     ax.set_yscale("log")
     ax.set_ylim(bottom=bottom / 1.5)
     ax.set(ylabel=ylabel, title=title)
@@ -165,9 +167,11 @@ def plot_headline(results: dict, kernel: str, out: str | Path, title: str = "") 
     at ``kernel`` with its permutation noise floor; hollow markers are inside the floor."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 3.9), squeeze=False)
     exact = {n: r for n, r in results.items() if r.rows and "cumulative_kl" in r.rows[0]}
-    panels = [(axes[0][0], exact, "exact", "$E_t^{cumu}$ = KL$(p_t \\| q_t)$ (nats)", "exact cumulative KL"),
-              (axes[0][1], results, "mmd", "$D_t^{cumu}$ (MMD$^2$)", f"cumulative MMD$^2$, {kernel}")]
-    for ax, res, what, ylabel, name in panels:
+    panels = [(axes[0][0], exact, "exact", "$E_t^{cumu}$ = KL$(p_t \\| q_t)$ (nats)", "exact cumulative KL",
+               "estimator noise (2 SE)"),
+              (axes[0][1], results, "mmd", "$D_t^{cumu}$ (MMD$^2$)", f"cumulative MMD$^2$, {kernel}",
+               "noise floor (95 %)")]
+    for ax, res, what, ylabel, name, floor_name in panels:
         cols = {}
         for n, r in res.items():
             if what == "exact":
@@ -184,9 +188,7 @@ def plot_headline(results: dict, kernel: str, out: str | Path, title: str = "") 
         for n, (t, v, f) in cols.items():
             _curve(ax, t, v, f, bottom, "k--" if n == "oracle" else "-o", n, lw=1 if n == "oracle" else 1.5)
         t_any = next(iter(cols.values()))[0]
-        _floor_axes(ax, t_any, floor, bottom, ylabel, name)
-        if what == "exact":
-            ax.collections[-1].set_label("estimator noise (2 SE); hollow: inside it, \u25bd: <= 0")
+        _floor_axes(ax, t_any, floor, bottom, ylabel, name, floor_name)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     if title:
         fig.suptitle(title, fontsize=10)

@@ -35,6 +35,11 @@ def image_inside(path: Path, roots: list[Path]) -> bool:
     return any(head.startswith(m) for m in MAGIC.get(real.suffix.lower(), ()))
 
 
+def _title(text: str) -> str | None:
+    """A report's title: its first ``# `` heading."""
+    return next((ln[2:].strip() for ln in text.splitlines() if ln.startswith("# ")), None)
+
+
 def _md_text(text: str) -> str:
     """``text`` as literal Markdown inline text (a title or verdict from a report, put into the summary table)."""
     return re.sub(r"([\\`*_\[\]<>|!#&])", r"\\\1", " ".join(text.split()))
@@ -51,7 +56,7 @@ def read_reproduction(folder: Path, page_dir: Path) -> dict:
         raise DiffpropError(f"{folder}: not a report folder (no report.md; run `diffprop reproduce` or `diffprop "
                             f"demo` first)")
     text = path.read_text(encoding="utf-8", errors="replace")
-    title = next((ln[2:].strip() for ln in text.splitlines() if ln.startswith("# ")), None)
+    title = _title(text)
     verdict = next((ln.split("**Reproduces?**", 1)[1].strip() for ln in text.splitlines()
                     if ln.startswith("**Reproduces?**")), None)
     if title is None:
@@ -97,7 +102,7 @@ def _data_uri(page_dir: Path, roots: list[Path]):
 def write_html(report: Path) -> Path:
     """``report`` (a ``report.md``) as a self-contained HTML page beside it, showing only images inside its folder."""
     text = report.read_text(encoding="utf-8")
-    title = next((ln[2:].strip() for ln in text.splitlines() if ln.startswith("# ")), "diffprop report")
+    title = _title(text) or "diffprop report"
     html_path = report.with_suffix(".html")
     html_path.write_text(to_html(text, title, _data_uri(report.parent, [report.parent])), encoding="utf-8")
     return html_path

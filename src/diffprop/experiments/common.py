@@ -218,8 +218,8 @@ class Study:
 
     def draw(self, denoiser, num: int, seed: int, sampler: str = "ddpm", steps: int | None = None,
              cache: Path | None = None) -> torch.Tensor:
-        """``num`` samples: DDPM with T steps (sigma_t^2 the run's ``diffusion.var_type``) unless ``sampler`` / ``steps`` (respaced)
-        say otherwise; images clip x0 to [-1, 1]. With ``cache`` (a run's folder) they are kept there and drawn once:
+        """``num`` samples: DDPM with T steps (sigma_t^2 the run's ``diffusion.var_type``) unless ``sampler`` /
+        ``steps`` (respaced) say otherwise; images clip x0 to [-1, 1]. With ``cache`` (a run's folder) they are kept there and drawn once:
         sibling reproductions sharing a run, and re-runs, score the same samples without sampling again."""
         path = cache / "samples" / f"{sampler}-K{steps or 'T'}-n{num}-seed{seed}.safetensors" if cache else None
         if path is not None and path.is_file():
