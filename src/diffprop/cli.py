@@ -188,15 +188,16 @@ def cmd_sample(args) -> None:
     num = args.num or sc.num
     check_fits(3 * 4.0 * num * math.prod(data["data_shape"]),  # float32; the batches, their concatenation, the file's
                f"sample --num {num} ({num} samples of shape {tuple(data['data_shape'])}, held three times)")
+    noise = args.noise or ("stream" if args.diffusers else "sample")  # stream: diffusers' pipelines' own draws
     out = sample(denoiser, num, tuple(data["data_shape"]), sampler=sampler, steps=steps,
                  seed=args.seed, device=device, batch_size=args.batch_size or sc.batch_size or None,
-                 clip_x0=clip, **options).x.float().cpu()
+                 clip_x0=clip, noise=noise, **options).x.float().cpu()
     out = to_data_units(out, data.get("scaler"))
     if not bool(out.isfinite().all()):  # finite weights can still be a diverged model's
         bad = int((~out.flatten(1).isfinite()).any(1).sum())
         raise DiffpropError(f"{bad} of the {len(out)} samples are NaN or infinite: the model diverged (its weights are "
                             f"finite, its outputs are not); nothing written")
-    meta.update(sampler=sampler, steps=steps, seed=args.seed, clip_x0=clip, **options)
+    meta.update(sampler=sampler, steps=steps, seed=args.seed, clip_x0=clip, noise=noise, **options)
     if args.format == "png-folder":
         from .data.images import save_image_folder
 
@@ -431,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "the U-Net sets the sample shape)")
     s.add_argument("--sampler", choices=("ddpm", "ddim"), help="default: the run's sample.sampler")
     s.add_argument("--steps", type=_positive(int), help="sampling steps (default: T for ddpm, 50 for ddim)")
+    s.add_argument("--noise", choices=("sample", "stream"), help="sample: each sample's noise depends only on the "
+                   "seed and its index (any batch size gives the same samples); stream: one generator in batch order, "
+                   "as diffusers' pipelines draw (default: stream for --diffusers, sample otherwise)")
     s.add_argument("--eta", type=_finite(least=0.0), help="DDIM stochasticity (0: deterministic)")
     s.add_argument("--clipped-eps", action="store_true",
                    help="DDIM with x0 clipping: step with the noise implied by the clipped x0, not the model's "

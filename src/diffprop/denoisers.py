@@ -1,8 +1,10 @@
 """Denoisers: one object that answers ``eps()``, ``x0()``, ``score()`` consistently for any model.
 
-A denoiser owns the noise schedule it was trained with and predicts, for ``x_t`` at integer
-timesteps ``t`` in 1..T, both the noise and the clean sample. Samplers, losses and diagnostics only
-ever talk to this interface, so a trained network and the exact oracle are interchangeable.
+A denoiser owns the noise process it was trained with (:mod:`diffprop.processes`; a discrete model's is the
+:class:`~diffprop.processes.DiscreteVP` of its beta schedule) and predicts, for ``x_t`` at times ``t`` (integer
+timesteps 1..T on the discrete chain, continuous otherwise), both the noise and the clean sample, related by
+``x_t = alpha(t) x_0 + sigma(t) eps``. Samplers, losses and diagnostics only ever talk to this interface, so a
+trained network and the exact oracle are interchangeable.
 
 Every call takes the caller's ``generator``: a stochastic denoiser (soft mixture denoising, 002 Sec. 4)
 draws its latent noise from it, so its draws follow the run's seed; deterministic ones ignore it.
@@ -15,10 +17,13 @@ import torch
 from torch import nn
 
 from .errors import DiffpropError
+from .noise import randn
 from .process import VAR_TYPES
+from .processes import DiscreteVP, Process, at
 from .schedules import NoiseSchedule
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
+PROCESS_PARAMETERIZATIONS = ("eps", "x0", "v", "edm")
 SMD_LOSSES = ("mse", "energy")
 
 
@@ -38,10 +43,19 @@ class DenoiserBase(nn.Module):
     when ``clip_sample`` is set; None: no clipping): samplers use it unless given one.
     """
 
-    schedule: NoiseSchedule
+    schedule: NoiseSchedule | None
     stochastic = False
     var_type = "beta"
     clip_x0: float | None = None
+
+    @property
+    def process(self) -> Process:
+        """The noise process: the :class:`DiscreteVP` of ``schedule`` unless a subclass holds another."""
+        cached = self.__dict__.get("_discrete")
+        if cached is None or cached.schedule is not self.schedule:
+            cached = DiscreteVP(self.schedule)
+            self.__dict__["_discrete"] = cached
+        return cached
 
     def set_var_type(self, var_type: str) -> "DenoiserBase":
         if var_type not in VAR_TYPES:
@@ -62,13 +76,26 @@ class DenoiserBase(nn.Module):
         return self.predict(x_t, t, generator).x0
 
     def score(self, x_t, t, generator=None):
-        """``grad log q(x_t) = -eps / sqrt(1 - abar_t)``."""
-        return -self.eps(x_t, t, generator) / (1 - self.schedule.gather("alpha_bars", t, x_t)).sqrt()
+        """``grad log q(x_t) = -eps / sigma(t)`` (``sigma^2 = 1 - abar_t`` on the discrete chain)."""
+        return -self.eps(x_t, t, generator) / self.process.coefficients(t, x_t)[1].sqrt()
 
 
-def _batched(t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-    """Timesteps as a (B,) tensor: a scalar ``t`` is shared by the batch."""
+def _batched(t, x_t: torch.Tensor) -> torch.Tensor:
+    """Times as a (B,) tensor on ``x_t``'s device: a scalar ``t`` is shared by the batch. Integer-valued float
+    times (a discrete chain walked by a continuous-time driver) become integers, as backbones were called before."""
+    t = torch.as_tensor(t, device=x_t.device)
+    if t.is_floating_point() and bool((t == t.round()).all()):
+        t = t.long()
     return t.expand(x_t.shape[0]) if t.ndim == 0 else t
+
+
+def eps_x0(process: Process, x_t: torch.Tensor, t, *, eps: torch.Tensor | None = None,
+           x0: torch.Tensor | None = None) -> Prediction:
+    """The pair ``(eps, x0)`` from one of them, by ``x_t = alpha x_0 + sigma eps``."""
+    a2, s2 = process.coefficients(t, x_t)
+    if eps is not None:
+        return Prediction(eps, (x_t - s2.sqrt() * eps) / a2.sqrt())
+    return Prediction((x_t - a2.sqrt() * x0) / s2.sqrt(), x0)
 
 
 def eps_from_x0(schedule, x_t, t, x0):
@@ -115,12 +142,11 @@ class Denoiser(DenoiserBase):
     def read(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> Prediction:
         """The backbone output ``out`` at ``(x_t, t)`` read as a :class:`Prediction`."""
         if self.parameterization == "eps":
-            return Prediction(out, x0_from_eps(self.schedule, x_t, t, out))
+            return eps_x0(self.process, x_t, t, eps=out)
         if self.parameterization == "x0":
-            return Prediction(eps_from_x0(self.schedule, x_t, t, out), out)
-        abar = self.schedule.gather("alpha_bars", t, x_t)
-        return Prediction((1 - abar).sqrt() * x_t + abar.sqrt() * out,
-                          abar.sqrt() * x_t - (1 - abar).sqrt() * out)
+            return eps_x0(self.process, x_t, t, x0=out)
+        abar, s2 = self.process.coefficients(t, x_t)
+        return Prediction(s2.sqrt() * x_t + abar.sqrt() * out, abar.sqrt() * x_t - s2.sqrt() * out)
 
 
 class SMDDenoiser(Denoiser):
@@ -146,9 +172,7 @@ class SMDDenoiser(Denoiser):
 
     def draw_eta(self, x_t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``eta ~ N(0, I)``, one per sample of ``x_t``, drawn on the generator's device."""
-        device = generator.device if generator is not None else x_t.device
-        eta = torch.randn((x_t.shape[0], *self.eta_shape), generator=generator, device=device, dtype=x_t.dtype)
-        return eta.to(x_t.device)
+        return randn((x_t.shape[0], *self.eta_shape), generator, device=x_t.device, dtype=x_t.dtype)
 
     def raw(self, x_t, t, generator=None, eta=None):
         """The backbone's output at latent noise ``eta`` (deterministic), or at a fresh draw from ``generator``."""
@@ -158,3 +182,67 @@ class SMDDenoiser(Denoiser):
 
     def predict(self, x_t, t, generator=None, eta=None):
         return self.read(x_t, t, self.raw(x_t, t, generator, eta))
+
+
+class ProcessDenoiser(DenoiserBase):
+    """A backbone on a continuous-time :class:`~diffprop.processes.Process`: ``out = net(c_in x_t, c_noise(t))``.
+
+    With ``x~ = x_t / alpha`` (the variance-exploding view at noise level ``sigma~ = sigma / alpha``) the input is
+    scaled by ``c_in = 1 / sqrt(sigma~^2 + sigma_data^2)`` (Karras et al. 2022 Tab. 1; ``= 1`` for VP data of unit
+    variance) and ``c_noise`` is the process's ``net_time``. ``out`` is read as eps, x0, ``v = alpha eps - sigma
+    x0`` (Salimans & Ho 2022; VP processes only) or, with ``edm``, as ``F`` in ``x0 = c_skip x~ + c_out F`` with
+    ``c_skip = sigma_data^2 / (sigma~^2 + sigma_data^2)``, ``c_out = sigma~ sigma_data / sqrt(sigma~^2 +
+    sigma_data^2)`` (Karras et al. Eq. 7, Tab. 1). :meth:`target` is what the denoising loss regresses ``out`` on.
+    """
+
+    schedule = None
+
+    def __init__(self, net: nn.Module, process: Process, parameterization: str = "eps",
+                 sigma_data: float | None = None):
+        super().__init__()
+        if parameterization not in PROCESS_PARAMETERIZATIONS:
+            raise DiffpropError(f"unknown parameterization {parameterization!r}; "
+                                f"allowed: {', '.join(PROCESS_PARAMETERIZATIONS)}")
+        if parameterization == "v" and not process.vp:
+            raise DiffpropError(f"the v parameterization needs a variance-preserving process, not {process.name}")
+        self.net, self._process, self.parameterization = net, process, parameterization
+        self.sigma_data = float(sigma_data if sigma_data is not None else getattr(process, "sigma_data", 1.0))
+
+    @property
+    def process(self) -> Process:
+        return self._process
+
+    def _scalings(self, t, x_t: torch.Tensor):
+        """``(alpha, sigma~, c_in, c_skip, c_out)``, each broadcast against ``x_t``."""
+        a2, s2 = self.process.coefficients(t, x_t)
+        alpha, sd2 = a2.sqrt(), self.sigma_data ** 2
+        st2 = s2 / a2  # sigma~^2
+        return alpha, st2.sqrt(), (st2 + sd2).rsqrt(), sd2 / (st2 + sd2), st2.sqrt() * self.sigma_data * (
+            st2 + sd2).rsqrt()
+
+    def raw(self, x_t, t, generator=None):
+        alpha, _, c_in, _, _ = self._scalings(t, x_t)
+        c_noise = self.process.net_time(torch.as_tensor(t, dtype=torch.float64, device=x_t.device))
+        return self.net(c_in * x_t / alpha, _batched(c_noise, x_t).to(x_t.dtype)).to(x_t.dtype)
+
+    def predict(self, x_t, t, generator=None):
+        out = self.raw(x_t, t, generator)
+        if self.parameterization in ("eps", "x0"):
+            return eps_x0(self.process, x_t, t, **{self.parameterization: out})
+        alpha, st, _, c_skip, c_out = self._scalings(t, x_t)
+        if self.parameterization == "v":
+            sigma = st * alpha
+            return Prediction(sigma * x_t + alpha * out, alpha * x_t - sigma * out)
+        return eps_x0(self.process, x_t, t, x0=c_skip * x_t / alpha + c_out * out)
+
+    def target(self, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
+        """What ``raw`` should output at ``x_t = alpha x0 + sigma eps``: eps, x0, v, or EDM's ``F`` target
+        ``(x0 - c_skip x~) / c_out`` (Karras et al. Eq. 8, whose weight ``lambda c_out^2 = 1`` makes it plain MSE)."""
+        if self.parameterization == "eps":
+            return eps
+        if self.parameterization == "x0":
+            return x0
+        alpha, st, _, c_skip, c_out = self._scalings(t, x0)
+        if self.parameterization == "v":
+            return alpha * eps - st * alpha * x0
+        return (x0 - c_skip * (x0 + st * eps)) / c_out

@@ -1,37 +1,37 @@
-"""What every sampler shares: its output type and the walk over a (possibly respaced) chain.
+"""What every sampler shares: its output type, the times a step is called with, and the final denoising step.
 
-A sampler is ``fn(denoiser, x, *, steps, generator, record, progress, **options) -> SamplerOutput``:
-it starts from ``x = x_T``, walks the timesteps ``steps`` picks from 1..T (``spacing``, ``offset``: see
-:func:`chain`) downwards to 0, and returns
-the final sample and the states it was asked to ``record`` (``states[t]`` is ``x_t``; ``T`` is the
-start, ``0`` the output), so diagnostics can compare the chain with ``q(x_t)`` at any t it visits.
+A step is ``step(denoiser, x, t, t_next, generator) -> x``: one move of the chain from time ``t`` to the
+earlier ``t_next`` (:mod:`.driver` walks a list of times with it). ``t_next = 0`` is the data: every step
+ends there with the denoised sample ``x0_hat(x_t)`` (Tweedie's formula, score_sde's ``noise_removal``; for the
+discrete chain it is Ho et al. Alg. 2's last step, for EDM the Euler step to ``sigma = 0``).
 """
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
-from tqdm.auto import tqdm
+
+from ..noise import randn_like
 
 
 class SamplerOutput(NamedTuple):
     x: torch.Tensor
-    states: dict[int, torch.Tensor]
+    states: dict
+    nfe: int = 0  # denoiser evaluations per sample (0 where not counted)
 
 
-def chain(schedule, steps: int | None, progress: bool | str, spacing: str = "even",
-          offset: int = 0) -> Iterator[tuple[int, int]]:
-    """``(t, t_prev)`` pairs from the last timestep down to ``(t_1, 0)`` over ``steps`` timesteps spaced by
-    ``spacing`` (:meth:`~diffprop.schedules.NoiseSchedule.spaced`; ``offset``: diffusers' ``steps_offset``)."""
-    ts = schedule.spaced(steps if steps is not None else schedule.T, spacing, offset)
-    pairs = list(zip(reversed(ts), reversed([0] + ts[:-1])))
-    desc = progress if isinstance(progress, str) else "sampling"
-    return iter(tqdm(pairs, desc=desc, disable=not progress, leave=False, unit="step", mininterval=0.5))
+def time_arg(t, x: torch.Tensor) -> torch.Tensor:
+    """A time as the 0-d tensor a denoiser is called with: integer for the discrete chain, float64 otherwise."""
+    if isinstance(t, int):
+        return torch.tensor(t, device=x.device)
+    return torch.tensor(float(t), dtype=torch.float64, device=x.device)
 
 
-def recorder(record) -> tuple[set[int], dict[int, torch.Tensor]]:
-    return {int(t) for t in record}, {}
+def denoised(denoiser, x: torch.Tensor, t, generator=None, clip_x0: float | None = None) -> torch.Tensor:
+    """``x0_hat(x_t)``, clipped to ``[-clip_x0, clip_x0]`` if given."""
+    x0 = denoiser.predict(x, time_arg(t, x), generator).x0
+    return x0 if clip_x0 is None else x0.clamp(-clip_x0, clip_x0)
 
 
-def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def noise_like(x: torch.Tensor, generator) -> torch.Tensor:
+    return randn_like(x, generator)
