@@ -37,7 +37,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import DiffpropError
-from ..process import p_step, q_sample
+from ..process import q_sample
+from ..samplers.ddpm import ddpm_step
 from .objective import Term
 
 T_DISTS = ("edm", "uniform")
@@ -82,13 +83,11 @@ class Consistency:
 
     @torch.no_grad()
     def reverse(self, denoiser, x_t: torch.Tensor, chain: torch.Tensor, generator: torch.Generator):
-        """Ancestral DDPM steps along ``chain`` (``(K + 1, B)`` timesteps), no gradient (003 Sec. 4)."""
+        """Ancestral DDPM steps along ``chain`` (``(K + 1, B)`` timesteps, all >= 1), no gradient (003 Sec. 4): the
+        sampler's own step, x0 clipped as the denoiser's sampler clips it."""
         x = x_t
         for t_cur, t_next in zip(chain[:-1], chain[1:]):
-            x0_hat = denoiser.predict(x, t_cur, generator).x0
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = p_step(x, x0_hat, denoiser.schedule.gather("alpha_bars", t_cur, x),
-                       denoiser.schedule.gather("alpha_bars", t_next, x), noise, self.var_type)
+            x = ddpm_step(denoiser, x, t_cur, t_next, generator, self.var_type)
         return x
 
     def __call__(self, denoiser, x0: torch.Tensor, generator: torch.Generator) -> Term:

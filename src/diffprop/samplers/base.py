@@ -21,7 +21,10 @@ class SamplerOutput(NamedTuple):
 
 
 def time_arg(t, x: torch.Tensor) -> torch.Tensor:
-    """A time as the 0-d tensor a denoiser is called with: integer for the discrete chain, float64 otherwise."""
+    """A time as the tensor a denoiser is called with: a 0-d integer for the discrete chain, float64 otherwise;
+    per-sample times (a (B,) tensor) as they are."""
+    if torch.is_tensor(t):
+        return t.to(x.device)
     if isinstance(t, int):
         return torch.tensor(t, device=x.device)
     return torch.tensor(float(t), dtype=torch.float64, device=x.device)

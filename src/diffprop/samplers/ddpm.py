@@ -15,17 +15,21 @@ def ddpm_step(denoiser, x, t, t_prev, generator=None, var_type: str | None = Non
     line 3). ``sigma^2`` is the denoiser's ``var_type`` unless given: ``beta`` = the forward transition's variance
     ``sigma_{t|s}^2``, ``beta_tilde`` = the posterior's; x0 is clipped with the denoiser's ``clip_x0`` unless
     given. On VP processes this is Ho et al. Eq. 6-7 respaced (Nichol & Dhariwal 2021 Eq. 19); on the others the
-    posterior of Kingma et al. 2021 Eq. 3-4. Differentiable: callers choose ``torch.no_grad()`` themselves."""
+    posterior of Kingma et al. 2021 Eq. 3-4. ``t``, ``t_prev`` may be per-sample (B,) tensors (then noise is drawn
+    unless every ``t_prev`` is 0, and masked where it is). Differentiable: callers choose ``torch.no_grad()``."""
     clip_x0 = denoiser.clip_x0 if clip_x0 is None else clip_x0
     x0 = denoised(denoiser, x, t, generator, clip_x0)
-    noise = noise_like(x, generator) if t_prev > 0 else None
+    noise = noise_like(x, generator) if bool((torch.as_tensor(t_prev) > 0).any()) else None
+    if noise is not None and torch.is_tensor(t_prev) and t_prev.ndim:
+        noise = noise * at((t_prev > 0).double(), x)
     var_type = var_type or denoiser.var_type
     proc = denoiser.process
     a2, s2 = proc.coefficients(t, x)
     a2_prev, s2_prev = proc.coefficients(t_prev, x)
     if proc.vp:
         return p_step(x, x0, a2, a2_prev, noise, var_type)
-    tv = at(proc.transition_var(torch.tensor(float(t)), torch.tensor(float(t_prev))), x)  # sigma_{t|s}^2
+    tv = at(proc.transition_var(torch.as_tensor(t, dtype=torch.float64).cpu(),
+                                torch.as_tensor(t_prev, dtype=torch.float64).cpu()), x)  # sigma_{t|s}^2
     mean = a2_prev.sqrt() * tv / s2 * x0 + (a2 / a2_prev).sqrt() * s2_prev / s2 * x
     if noise is None:
         return mean
