@@ -100,6 +100,9 @@ def test_bad_options_are_refused():
                     ({"rtol": 0.0}, "rtol and atol"), ({"t_min": 0.0}, "0 < t_min < t_max")]:
         with pytest.raises(DiffpropError, match=msg):
             ode_likelihood(oracle, x, **kw)
+    oracle.stochastic = True  # as an SMD denoiser: fresh latent noise at every call
+    with pytest.raises(DiffpropError, match="needs a deterministic denoiser"):
+        ode_likelihood(oracle, x)
 
 
 def test_cli_likelihood_end_to_end(tmp_path, capsys):

@@ -188,6 +188,9 @@ def ode_likelihood(denoiser, x: torch.Tensor, *, trace: str = "auto", probe: str
         raise DiffpropError("no data points to evaluate")
     if levels is not None and levels < 2:
         raise DiffpropError(f"levels must be >= 2, got {levels}")
+    if getattr(denoiser, "stochastic", False):
+        raise DiffpropError("the probability-flow ODE needs a deterministic denoiser; this one (SMD) draws fresh latent "
+                            "noise at every call, so its flow and its likelihood are not defined")
     proc = denoiser.process
     t0 = float(proc.t_min if t_min is None else t_min)
     t1 = float(proc.t_max if t_max is None else t_max)
@@ -201,8 +204,8 @@ def ode_likelihood(denoiser, x: torch.Tensor, *, trace: str = "auto", probe: str
     logps, priors, deltas, zs, nfe, batches = [], [], [], [], 0, 0
     start = time.perf_counter()
     nb = math.ceil(len(y) / batch_size)
-    bar = tqdm(total=round(nb * (t1 - t0), 6), desc="likelihood (ODE time)" if progress is True else (progress or None),
-               disable=not progress, unit="t", bar_format="{l_bar}{bar}| {n:.3g}/{total:.3g} [{elapsed}]")
+    bar = tqdm(total=1000 * nb, desc="likelihood (ODE time)" if progress is True else (progress or None),
+               disable=not progress, bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]")  # per mille of [t_min, t_max]
     for b0 in range(0, len(y), batch_size):
         xb = y[b0:b0 + batch_size].to(device=device, dtype=dtype)
         shape, n = xb.shape, len(xb)
@@ -214,8 +217,9 @@ def ode_likelihood(denoiser, x: torch.Tensor, *, trace: str = "auto", probe: str
             xs = torch.from_numpy(state[:-n]).reshape(shape).to(device=device, dtype=dtype)
             f, div = drift_and_divergence(denoiser, xs, float(s), v)
             count[0] += 1
-            if progress:  # solve_ivp may try a step and reject it: the bar only moves forward
-                bar.update(max(0.0, round(batches * (t1 - t0) + min(float(s), t1) - t0 - bar.n, 6)))
+            done = int(1000 * (batches + (min(float(s), t1) - t0) / (t1 - t0)))
+            if progress and done > bar.n:  # solve_ivp may try a step and reject it: the bar only moves forward
+                bar.update(done - bar.n)
             return np.concatenate([f.double().cpu().numpy().ravel(), div.double().cpu().numpy()])
 
         init = np.concatenate([xb.double().cpu().numpy().ravel(), np.zeros(n)])
