@@ -35,10 +35,13 @@ class OracleNet(torch.nn.Module):
 
     def __init__(self, oracle):
         super().__init__()
-        self.oracle, self.schedule = oracle, oracle.schedule
+        self.oracle, self.schedule, self.process = oracle, oracle.schedule, oracle.process
 
     def raw(self, x_t, t, generator=None):
         return self.oracle.predict(x_t, t).eps
+
+    def target(self, x0, t, eps):
+        return eps
 
 
 def batch_means(reg, eps_bias=0.0, batches=100, seed=0, part=None):

@@ -29,7 +29,7 @@ def test_set_reads_toml_values_and_falls_back_to_strings():
     (["sample.steps=-2"], r"sample.steps must be >= 0, got -2"),
     (["sample.clipped_eps=true"], r"sample.clipped_eps applies to sample.sampler = 'ddim', not 'ddpm'"),
     (["sample.steps=2000"], r"sample.steps \(2000\) must be <= diffusion.T \(1000\)"),
-    (["sample.sampler=heun"], r"sample.sampler = 'heun' is not allowed; allowed: ddpm, ddim"),
+    (["sample.sampler=dpm"], r"sample.sampler = 'dpm' is not allowed; allowed: ddpm, ddim, em, pc, euler, heun, ode"),
     (["data.name=mnist"], r"data.name = 'mnist' is not a dataset; allowed: gmm-grid, .*csv:PATH"),
     (["model.kind=transformer"], r"model.kind = 'transformer' is not allowed; allowed: mlp, unet"),
     (["train.stpes=5"], r"unknown key 'train.stpes' in section \[train\]; allowed: steps, batch_size"),

@@ -477,16 +477,16 @@ for name, setup, message in [
 _SECTIONS = [f for f in dataclasses.fields(config_module.Config) if f.name != "seed"]
 for sec in _SECTIONS:
     for f in dataclasses.fields(sec.default_factory):
-        key, rule = f"{sec.name}.{f.name}", f.metadata
-        if f.type == "bool":
+        key, rule, typ = f"{sec.name}.{f.name}", f.metadata, f.type.removesuffix(" | None")  # None: the preset
+        if typ == "bool":
             bad = [("2", "{key} must be true or false")]
-        elif f.type == "int":
+        elif typ == "int":
             top = rule.get("max")
             bad = [("1.5", "{key} must be an integer"),
                    (str(2**63), f"{{key}} must be <= {top}" if top is not None else "{key} must fit in 64 bits")]
-        elif f.type == "float":
+        elif typ == "float":
             bad = [("'x'", "{key} must be a number"), ("inf", "{key} must be a finite number")]
-        elif f.type == "list":
+        elif typ == "list":
             bad = [("3", "{key} must be a list"), ("['nope']", "{key} has 'nope'; allowed")]
         else:
             bad = [("3", "{key} must be a string")] + ([("'nope'", "{key} = 'nope' is not allowed")]

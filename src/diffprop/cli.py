@@ -5,6 +5,7 @@ Bad input exits with status 2 and one line ``diffprop: error: ...``, no tracebac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import math
@@ -111,14 +112,21 @@ def _denoiser_for(args):
         raise DiffpropError("--eps-scale and --eps-bias apply to --oracle (a defect put into the exact model)")
     if not args.run_dir and args.no_ema:
         raise DiffpropError("--no-ema applies to a run folder (its raw weights instead of the EMA)")
+    process = getattr(args, "process", None)
+    if process and not args.oracle:
+        raise DiffpropError("--process applies to --oracle (a run or a diffusers checkpoint knows its process)")
     if args.oracle:
-        ds = load_dataset(args.oracle, num_samples=2)
+        from .processes import build_process
+
+        # VE's sigma_max and EDM's sigma_data default from the data (its largest pairwise distance, its std)
+        ds = load_dataset(args.oracle, num_samples=2000 if process in ("ve-sde", "edm") else 2)
         if ds.mixture is None:
             raise DiffpropError(f"--oracle {args.oracle}: the oracle needs a Gaussian-mixture dataset "
                                 f"(gmm-grid, gmm-ring)")
         cfg = Config()
         scale, bias = 1.0 if args.eps_scale is None else args.eps_scale, args.eps_bias or 0.0
-        oracle = OracleDenoiser(ds.mixture, build_schedule(cfg), scale, bias)
+        oracle = OracleDenoiser(ds.mixture, build_process(process or "discrete", schedule=build_schedule(cfg),
+                                                          data=ds.x), scale, bias)
         meta = {"model": f"oracle:{args.oracle}", "eps_scale": scale, "eps_bias": bias}
         return oracle, cfg, {"name": args.oracle, "data_shape": list(ds.data_shape), "scaler": None}, meta, device
     if getattr(args, "diffusers", None):
@@ -136,13 +144,48 @@ def _denoiser_for(args):
     return run.denoiser, run.config, run.data, meta, device
 
 
+DIFFUSERS_SAMPLERS = ("ddpm", "ddim")  # the steps of diffusers' DDPMScheduler and DDIMScheduler
+# sampler options set from the model and the config (clip_x0, var_type), or by flags of their own (eta, clipped_eps)
+_OWN_FLAGS = ("clip_x0", "var_type", "eta", "clipped_eps")
+_FLAG_HELP = {"snr": "pc: the Langevin corrector's signal-to-noise ratio (Song et al. 2021b; default 0.16)",
+              "corrector_steps": "pc: Langevin corrector moves per step (default 1)",
+              "churn": "heun: EDM's stochastic churn S_churn (Karras et al. 2022, Alg. 2; default 0: deterministic)",
+              "s_tmin": "heun: churn only where sigma / alpha >= this (default 0)",
+              "s_tmax": "heun: churn only where sigma / alpha <= this (default: no bound)",
+              "s_noise": "heun: scale of the churn noise (default 1)",
+              "rtol": "ode: relative tolerance of the adaptive RK45 (default 1e-5)",
+              "atol": "ode: absolute tolerance (default 1e-5)",
+              "method": "ode: scipy.integrate.solve_ivp's method (default RK45)"}
+
+
+def _sampler_flags() -> dict:
+    """The sampler options given as ``--flags`` of their own, from the registered samplers' option dataclasses:
+    name -> (the samplers that take it, its field)."""
+    from .samplers import SAMPLERS
+
+    flags: dict = {}
+    for name, spec in SAMPLERS.items():
+        for f in dataclasses.fields(spec.options):
+            if f.name not in _OWN_FLAGS:
+                flags.setdefault(f.name, ([], f))[0].append(name)
+    return flags
+
+
+def _add_sampler_flags(p: argparse.ArgumentParser) -> None:
+    for name, (users, f) in _sampler_flags().items():
+        typ = f.type.removesuffix(" | None")
+        kind = (_positive(int) if typ == "int" else _finite(least=0.0) if typ == "float" else str)
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=typ.upper(),
+                       help=_FLAG_HELP.get(name, f"option of --sampler {' or '.join(users)}"))
+
+
 def cmd_sample(args) -> None:
     import numpy as np
 
     from .data import to_data_units
     from .diffusers_io import same_chain_as_diffusers
     from .plots import plot_samples
-    from .samplers import sample
+    from .samplers import get_sampler, sample, sampler_times
 
     if args.dataset and not args.diffusers:
         raise DiffpropError("--dataset applies to --diffusers in sample (a run or an oracle knows its data)")
@@ -160,25 +203,37 @@ def cmd_sample(args) -> None:
                             f"{tuple(data['data_shape'])} per item")
     sc = cfg.sample
     sampler = args.sampler or sc.sampler
+    spec = get_sampler(sampler)
     if sampler != "ddim" and (args.eta is not None or args.clipped_eps):
         raise DiffpropError(f"--eta and --clipped-eps apply to --sampler ddim, not {sampler}")
-    steps = args.steps or sc.steps or (50 if sampler == "ddim" else denoiser.schedule.T)
+    fields = {f.name for f in dataclasses.fields(spec.options)}
+    given = {k: getattr(args, k) for k in _sampler_flags() if getattr(args, k, None) is not None}
+    if bad := sorted(given.keys() - fields):
+        raise DiffpropError(f"--{bad[0].replace('_', '-')} applies to --sampler "
+                            f"{' or '.join(_sampler_flags()[bad[0]][0])}, not {sampler}")
     # a diffusers checkpoint clips as its scheduler says (clip_sample); runs as configured, images at 1 by default
     clip = denoiser.clip_x0 if args.diffusers else (sc.clip_x0 or (1.0 if len(data["data_shape"]) == 3 else None))
     if args.clipped_eps and clip is None:
         raise DiffpropError("--clipped-eps needs x0 clipping, and this model samples without it")
     options = {"eta": args.eta if args.eta is not None else sc.eta,
                "clipped_eps": args.clipped_eps or sc.clipped_eps} if sampler == "ddim" else \
-        {"var_type": denoiser.var_type}
-    # a diffusers checkpoint respaces as its scheduler says (timestep_spacing, steps_offset); runs as configured
-    scheduler = meta.get("scheduler", {})
-    options["spacing"] = args.spacing or scheduler.get("timestep_spacing") or sc.spacing
-    options["offset"] = scheduler.get("steps_offset", 0) if options["spacing"] == "leading" else 0
-    ts = denoiser.schedule.spaced(steps, options["spacing"], options["offset"])
-    if args.diffusers and steps < denoiser.schedule.T and not same_chain_as_diffusers(ts, denoiser.schedule.T):
-        print(f"diffprop: note: with {options['spacing']} spacing and {steps} of T = {denoiser.schedule.T} steps, "
-              f"diffusers' scheduler steps from k to k - T // steps = k - {denoiser.schedule.T // steps} and diffprop "
-              f"to the next timestep it visits, so samples differ from the diffusers pipeline's", file=sys.stderr)
+        {"var_type": denoiser.var_type} if sampler == "ddpm" else given
+    if "clip_x0" in fields:
+        options["clip_x0"] = clip
+    # a diffusers checkpoint respaces as its scheduler says (timestep_spacing, steps_offset) where diffusers has the
+    # sampler; a run as configured for its sample.sampler; else the sampler's own grid and steps
+    scheduler = meta.get("scheduler", {}) if sampler in DIFFUSERS_SAMPLERS else {}
+    own = sampler == sc.sampler
+    spacing = args.spacing or scheduler.get("timestep_spacing") or (sc.spacing if own else None)
+    offset = scheduler.get("steps_offset", 0) if spacing == "leading" else 0
+    times = sampler_times(denoiser, sampler, args.steps or (sc.steps if own else 0) or None, spacing, offset)
+    steps = len(times) - 1
+    T = getattr(denoiser.process, "T", None)
+    if args.diffusers and spacing in SPACINGS and steps < T and not same_chain_as_diffusers(
+            [int(t) for t in reversed(times[:-1].tolist())], T):
+        print(f"diffprop: note: with {spacing} spacing and {steps} of T = {T} steps, diffusers' scheduler steps from "
+              f"k to k - T // steps = k - {T // steps} and diffprop to the next timestep it visits, so samples differ "
+              f"from the diffusers pipeline's", file=sys.stderr)
     default = (Path(args.run_dir) / "samples" / f"{sampler}-{steps}-seed{args.seed}.npz" if args.run_dir
                else Path(f"samples-oracle-{args.oracle}.npz" if args.oracle else "samples-diffusers.npz"))
     folder = Path(args.out or default.with_suffix(""))
@@ -189,15 +244,17 @@ def cmd_sample(args) -> None:
     check_fits(3 * 4.0 * num * math.prod(data["data_shape"]),  # float32; the batches, their concatenation, the file's
                f"sample --num {num} ({num} samples of shape {tuple(data['data_shape'])}, held three times)")
     noise = args.noise or ("stream" if args.diffusers else "sample")  # stream: diffusers' pipelines' own draws
-    out = sample(denoiser, num, tuple(data["data_shape"]), sampler=sampler, steps=steps,
-                 seed=args.seed, device=device, batch_size=args.batch_size or sc.batch_size or None,
-                 clip_x0=clip, noise=noise, **options).x.float().cpu()
-    out = to_data_units(out, data.get("scaler"))
+    drawn = sample(denoiser, num, tuple(data["data_shape"]), sampler=sampler, steps=steps, spacing=spacing,
+                   offset=offset, seed=args.seed, device=device, batch_size=args.batch_size or sc.batch_size or None,
+                   noise=noise, **options)
+    out = to_data_units(drawn.x.float().cpu(), data.get("scaler"))
     if not bool(out.isfinite().all()):  # finite weights can still be a diverged model's
         bad = int((~out.flatten(1).isfinite()).any(1).sum())
         raise DiffpropError(f"{bad} of the {len(out)} samples are NaN or infinite: the model diverged (its weights are "
                             f"finite, its outputs are not); nothing written")
-    meta.update(sampler=sampler, steps=steps, seed=args.seed, clip_x0=clip, noise=noise, **options)
+    meta.update(sampler=sampler, steps=steps, nfe=drawn.nfe, process=denoiser.process.name, seed=args.seed,
+                clip_x0=clip if "clip_x0" in fields else None, noise=noise, spacing=spacing, offset=offset)
+    meta.update(options)
     if args.format == "png-folder":
         from .data.images import save_image_folder
 
@@ -503,8 +560,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw samples into an .npz (`samples`, `meta`) plus a picture of them.")
     _add_model_source(s, "with --diffusers: the data it was trained on, checked against the U-Net's shape (optional: "
                       "the U-Net sets the sample shape)")
-    s.add_argument("--sampler", choices=("ddpm", "ddim"), help="default: the run's sample.sampler")
-    s.add_argument("--steps", type=_positive(int), help="sampling steps (default: T for ddpm, 50 for ddim)")
+    from .processes import GRIDS, PROCESSES
+    from .samplers import SAMPLERS
+
+    s.add_argument("--sampler", choices=tuple(SAMPLERS), help="; ".join(f"{k}: {v.about}" for k, v in SAMPLERS.items())
+                   + " (default: the run's sample.sampler)")
+    s.add_argument("--steps", type=_positive(int), help="sampling steps (default: the sampler's: T for ddpm, em and "
+                   "pc on the discrete chain, 50 for ddim, 25 for heun, ...)")
+    s.add_argument("--process", choices=tuple(PROCESSES), help="--oracle: the noise process the exact model runs on "
+                   "(default: discrete, the run's linear schedule with T = 1000; a run knows its own)")
     s.add_argument("--noise", choices=("sample", "stream"), help="sample: each sample's noise depends only on the "
                    "seed and its index (any batch size gives the same samples); stream: one generator in batch order, "
                    "as diffusers' pipelines draw (default: stream for --diffusers, sample otherwise)")
@@ -512,9 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clipped-eps", action="store_true",
                    help="DDIM with x0 clipping: step with the noise implied by the clipped x0, not the model's "
                    "(diffusers' use_clipped_model_output; default: the run's sample.clipped_eps)")
-    s.add_argument("--spacing", choices=SPACINGS, help="timesteps of a respaced chain (--steps < T): even = "
-                   "round(linspace(1, T, steps)); linspace, leading, trailing = diffusers' timestep_spacing "
-                   "(default: the run's sample.spacing; with --diffusers the scheduler's)")
+    s.add_argument("--spacing", metavar="GRID", choices=(*SPACINGS, *GRIDS), help="the time grid: on the discrete "
+                   "chain even = round(linspace(1, T, steps)), or linspace, leading, trailing = diffusers' "
+                   "timestep_spacing; on any process uniform, quadratic, edm (Karras et al. 2022, rho = 7) (default: "
+                   "the run's sample.spacing, else the sampler's own; with --diffusers, ddpm and ddim, the scheduler's)")
+    _add_sampler_flags(s)
     s.add_argument("--num", type=_positive(int, MAX_SAMPLES), help=f"number of samples, at most {MAX_SAMPLES} "
                    f"(default: the run's sample.num)")
     s.add_argument("--batch-size", type=_positive(int), help="sampling batch size")

@@ -1,8 +1,10 @@
 """Typed run configuration: TOML in, validated dataclasses, TOML out. Configs are data, never evaluated.
 
 Every field carries its rule (type, allowed values, range) in its metadata, so one validator checks
-them all and every error names the key and what is allowed. ``0`` means "automatic" where a field
-says so (TOML has no null).
+them all and every error names the key and what is allowed. TOML has no null: a field typed ``X | None`` defaults to
+None, "the preset", and a missing key means just that (such keys are left out of a written config); older fields
+say where ``0`` means "automatic". Allowed names come from the registries (processes, samplers, time samplers,
+parameterizations, regularizers).
 """
 from __future__ import annotations
 
@@ -15,10 +17,15 @@ from typing import Any
 
 import tomli_w
 
+from .denoisers import PROCESS_PARAMETERIZATIONS
 from .errors import DiffpropError
 from .limits import MAX_INT, MAX_SAMPLES, MAX_SEED
+from .losses.objective import DISCRETE_ONLY, REGISTRY
 from .names import ALIASES, RENAMED, SPACINGS
+from .processes import GRIDS, PROCESS_CONFIGS, PROCESSES
+from .samplers import SAMPLERS
 from .schedules import SCHEDULES, linear_range
+from .time_sampling import TIME_SAMPLERS, default_time_sampler
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,10 +56,27 @@ class DiffusionConfig:
     beta_end: float = _f(0.0, "last beta of the linear schedule, used as given (0: Ho et al.'s 0.02 scaled by "
                          "1000 / T, so that any T ends near N(0, I))", min=0.0, lt=1.0)
     parameterization: str = _f("eps", "what the network predicts (diffusers' prediction_type epsilon, sample, "
-                               "v_prediction are accepted)", choices=("eps", "x0", "v"))
+                               "v_prediction are accepted; v needs a variance-preserving process; edm: Karras et al. "
+                               "2022's preconditioning, continuous-time processes only)",
+                               choices=PROCESS_PARAMETERIZATIONS)
     var_type: str = _f("beta", "backward variance sigma_t^2 (Li & van der Schaar 2024 use beta; diffusers' "
                        "variance_type fixed_large = beta, fixed_small = beta_tilde are accepted)",
                        choices=("beta", "beta_tilde"))
+    process: str = _f("discrete", "noise process: discrete (the DDPM chain of T, schedule, beta_*), vp-sde, subvp-sde, "
+                      "ve-sde (Song et al. 2021b), edm (Karras et al. 2022)", choices=tuple(PROCESSES))
+    beta_min: float | None = _f(None, "vp-sde, subvp-sde: beta(0) (absent: 0.1)", gt=0.0)
+    beta_max: float | None = _f(None, "vp-sde, subvp-sde: beta(1) (absent: 20)", gt=0.0)
+    sigma_min: float | None = _f(None, "ve-sde: sigma(0) (absent: 0.01); edm: the smallest sigma (absent: 0.002)",
+                                 gt=0.0)
+    sigma_max: float | None = _f(None, "ve-sde: sigma(1) (absent: the data's largest pairwise distance, Song & Ermon "
+                                 "2020); edm: the largest sigma (absent: 80)", gt=0.0)
+    sigma_data: float | None = _f(None, "edm: the data's std in its preconditioning (absent: the training data's)",
+                                  gt=0.0)
+    t_min: float | None = _f(None, "vp-sde, subvp-sde, ve-sde: the smallest time sampled and trained (absent: 1e-3 "
+                             "VP, 1e-5 VE)", gt=0.0, lt=1.0)
+    time_sampler: str | None = _f(None, "how training draws t: uniform-int (t ~ U{1..T}), uniform, log-normal (Karras "
+                                  "et al. 2022), log-uniform (absent: uniform-int for discrete, log-normal for edm, "
+                                  "uniform otherwise)", choices=tuple(TIME_SAMPLERS))
 
 
 @dataclass
@@ -116,7 +140,7 @@ class TrainConfig:
                             "comparisons)", min=0.0)
 
 
-REGULARIZERS = ("epdm", "consistency", "input_perturbation", "fokker_planck")
+REGULARIZERS = tuple(REGISTRY)
 
 
 @dataclass
@@ -125,7 +149,7 @@ class ObjectiveConfig:
                           "use 0.8)",
                           min=0.0)
     regularizers: list = _f((), "regularizers added to the loss, each weighted by its section's `weight`: "
-                            "epdm, consistency, input_perturbation, fokker_planck", each=REGULARIZERS)
+                            + ", ".join(REGULARIZERS), each=REGULARIZERS)
 
 
 @dataclass
@@ -184,16 +208,19 @@ class FokkerPlanckConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = _f("ddpm", "sampler", choices=("ddpm", "ddim"))
-    steps: int = _f(0, "sampling steps (0: T for ddpm, 50 for ddim)", min=0)
+    sampler: str = _f("ddpm", "sampler: " + "; ".join(f"{k}: {v.about}" for k, v in SAMPLERS.items()),
+                      choices=tuple(SAMPLERS))
+    steps: int = _f(0, "sampling steps (0: the sampler's default: T for ddpm, 50 for ddim, 25 for heun, ...)", min=0)
     num: int = _f(2000, "number of samples", min=1, max=MAX_SAMPLES)
     eta: float = _f(0.0, "DDIM stochasticity", min=0.0)
     batch_size: int = _f(0, "sampling batch size (0: all at once)", min=0)
     clip_x0: float = _f(0.0, "clip predicted x0 to [-c, c] (0: off; images use 1)", min=0.0)
     clipped_eps: bool = _f(False, "ddim: with clipping, use the noise implied by the clipped x0 "
                                   "(diffusers' use_clipped_model_output) instead of the model's")
-    spacing: str = _f("even", "timesteps of a respaced chain (steps < T): even = round(linspace(1, T, steps)); "
-                      "linspace, leading, trailing = diffusers' timestep_spacing", choices=SPACINGS)
+    spacing: str | None = _f(None, "time grid (absent: the sampler's default on its process, e.g. even for ddpm and "
+                             "quadratic for ddim on the discrete chain): even = round(linspace(1, T, steps)); linspace, "
+                             "leading, trailing = diffusers' timestep_spacing (discrete chain only); uniform, quadratic, "
+                             "edm (Karras et al. 2022's rho = 7)", choices=(*SPACINGS, *GRIDS))
 
 
 @dataclass
@@ -213,9 +240,11 @@ class Config:
     smd: SMDConfig = field(default_factory=SMDConfig)
 
     def to_dict(self) -> dict:
+        """The config as TOML data: None ("the preset") is left out, as TOML has no null."""
         d = dataclasses.asdict(self)
         d["objective"]["regularizers"] = list(d["objective"]["regularizers"])  # TOML arrays
-        return d
+        return {k: {n: v for n, v in sec.items() if v is not None} if isinstance(sec, dict) else sec
+                for k, sec in d.items()}
 
     def dumps(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -229,7 +258,7 @@ def _shown(value: Any) -> str:
 
 def _check(key: str, value: Any, f: dataclasses.Field) -> Any:
     """Type-check and range-check one value against its field's rule; returns the coerced value."""
-    rule, typ = f.metadata, f.type
+    rule, typ = f.metadata, f.type.removesuffix(" | None")  # None is never read: TOML has no null
     if typ == "bool":
         if not isinstance(value, bool):
             raise DiffpropError(f"config: {key} must be true or false, got {value!r}")
@@ -304,16 +333,56 @@ def _cross_check(cfg: Config) -> Config:
     if cfg.model.smd and cfg.model.kind == "unet" and s.variant == "official" and s.g_width % 4:
         raise DiffpropError(f"config: smd.g_width ({s.g_width}) must be a multiple of 4 for the official variant's "
                             f"U-Net g_xi (or 0: automatic)")
+    _check_process(cfg)
     if cfg.sample.clipped_eps and cfg.sample.sampler != "ddim":
         raise DiffpropError(f"config: sample.clipped_eps applies to sample.sampler = 'ddim', not "
                             f"{cfg.sample.sampler!r}")
-    if cfg.sample.steps > d.T:
+    if cfg.sample.steps > d.T and d.process == "discrete":
         raise DiffpropError(f"config: sample.steps ({cfg.sample.steps}) must be <= diffusion.T ({d.T})")
     c = cfg.consistency
     if c.steps > c.window:  # t - t' <= window, so further steps repeat a timestep: network calls that change nothing
         raise DiffpropError(f"config: consistency.steps ({c.steps}) must be <= consistency.window ({c.window}): "
                             f"the reverse path from t to t' has at most window steps")
     return cfg
+
+
+PROCESS_KEYS = ("beta_min", "beta_max", "sigma_min", "sigma_max", "sigma_data", "t_min")
+
+
+def _check_process(cfg: Config) -> None:
+    """``diffusion.process`` against its options, the parameterization, the time sampler, SMD, the regularizers and
+    the sampling grid."""
+    d, name = cfg.diffusion, cfg.diffusion.process
+    own = {f.name for f in dataclasses.fields(PROCESS_CONFIGS[name])} if name in PROCESS_CONFIGS else set()
+    for key in PROCESS_KEYS:
+        if getattr(d, key) is not None and key not in own:
+            users = [p for p, c in PROCESS_CONFIGS.items() if key in {f.name for f in dataclasses.fields(c)}]
+            raise DiffpropError(f"config: diffusion.{key} applies to diffusion.process = {', '.join(users)}, not "
+                                f"{name!r}")
+    if name == "discrete":
+        if d.parameterization == "edm":
+            raise DiffpropError(f"config: diffusion.parameterization = 'edm' (Karras et al. 2022's preconditioning) "
+                                f"needs a continuous-time diffusion.process ({', '.join(PROCESS_CONFIGS)}), not "
+                                f"'discrete'")
+    else:
+        if d.parameterization == "v" and not PROCESSES[name].vp:
+            vp = [p for p, c in PROCESSES.items() if c is None or c.vp]  # None: the discrete chain
+            raise DiffpropError(f"config: diffusion.parameterization = 'v' needs a variance-preserving process "
+                                f"({', '.join(vp)}), not {name!r}")
+        if cfg.model.smd:
+            raise DiffpropError(f"config: model.smd (soft mixture denoising) is built on the discrete chain; not on "
+                                f"diffusion.process = {name!r}")
+        for reg in cfg.objective.regularizers:
+            if reg in DISCRETE_ONLY:
+                raise DiffpropError(f"config: objective.regularizers: {reg} is defined on the discrete chain only "
+                                    f"({DISCRETE_ONLY[reg]}); not on diffusion.process = {name!r}")
+        if cfg.sample.spacing in SPACINGS:
+            raise DiffpropError(f"config: sample.spacing = {cfg.sample.spacing!r} is a spacing of the discrete chain; "
+                                f"with diffusion.process = {name!r} allowed: {', '.join(GRIDS)}")
+    sampler = d.time_sampler or default_time_sampler(name)
+    if sampler == "uniform-int" and name != "discrete":
+        raise DiffpropError(f"config: diffusion.time_sampler = 'uniform-int' draws the discrete chain's integer "
+                            f"timesteps; diffusion.process = {name!r} has continuous time")
 
 
 def config_from_dict(data: dict) -> Config:

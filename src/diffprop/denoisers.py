@@ -139,6 +139,10 @@ class Denoiser(DenoiserBase):
     def predict(self, x_t, t, generator=None):
         return self.read(x_t, t, self.raw(x_t, t, generator))
 
+    def target(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """What :meth:`raw` should output at ``x_t = q_sample(x0, t, eps)`` (:func:`training_target`)."""
+        return training_target(self.parameterization, self.schedule, x0, t, eps)
+
     def read(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> Prediction:
         """The backbone output ``out`` at ``(x_t, t)`` read as a :class:`Prediction`."""
         if self.parameterization == "eps":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import Config
 from .errors import DiffpropError
-from .names import PREDICTION_TYPES, VARIANCE_TYPES, to_diffusers
+from .names import PREDICTION_TYPES, SPACINGS, VARIANCE_TYPES, to_diffusers
 from .runs import build_schedule, load_run
 from .schedules import linear_range
 
@@ -38,8 +38,8 @@ def scheduler_config(cfg: Config) -> dict:
         betas = dict(beta_schedule=d.schedule, trained_betas=build_schedule(cfg).betas[1:].tolist())
     return dict(num_train_timesteps=d.T, **betas, prediction_type=to_diffusers(PREDICTION_TYPES, d.parameterization),
                 variance_type=to_diffusers(VARIANCE_TYPES, d.var_type), clip_sample=True,
-                clip_sample_range=sc.clip_x0 or 1.0, timestep_spacing="leading" if sc.spacing == "even" else sc.spacing,
-                steps_offset=0)
+                clip_sample_range=sc.clip_x0 or 1.0, steps_offset=0,
+                timestep_spacing=sc.spacing if sc.spacing in SPACINGS[1:] else "leading")  # [1:]: diffusers' own
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, ema: bool = True) -> Path:
@@ -52,6 +52,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, ema: bool = True) -> Pat
     if m.kind != "unet":
         raise DiffpropError(f"{run_dir}: an MLP run is not a diffusers model (a DDPMPipeline needs a UNet2DModel); "
                             f"export takes runs with model.kind = 'unet'")
+    if run.config.diffusion.process != "discrete":
+        raise DiffpropError(f"{run_dir}: a run on the {run.config.diffusion.process} process is not a diffusers "
+                            f"DDPMPipeline (its scheduler is the discrete chain); export takes diffusion.process = "
+                            f"'discrete' runs")
     if m.smd:
         raise DiffpropError(f"{run_dir}: an SMD run is not a diffusers model (its network also takes latent noise "
                             f"eta); export takes runs without model.smd")

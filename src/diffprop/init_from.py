@@ -81,7 +81,13 @@ def init_from(denoiser: Denoiser, cfg: Config, source: str | Path) -> dict:
     path = Path(source)
     if not path.is_dir():
         raise DiffpropError(f"--init-from {source}: folder not found")
+    if cfg.diffusion.process != "discrete":
+        raise DiffpropError(f"--init-from starts from a model of the discrete chain; the config's diffusion.process is "
+                            f"{cfg.diffusion.process!r}")
     theirs, schedule, record = _source(path)
+    if theirs.schedule is None:
+        raise DiffpropError(f"--init-from {source}: its model is on the {theirs.process.name} process; the config's "
+                            f"is the discrete chain")
     ours_b, theirs_b = denoiser.schedule.betas, theirs.schedule.betas
     if len(ours_b) != len(theirs_b) or not torch.allclose(ours_b, theirs_b, rtol=1e-10, atol=0):
         raise DiffpropError(f"--init-from {source}: its schedule ({_schedule_text(schedule, theirs_b)}) is not the "

@@ -345,6 +345,14 @@ class EDM(Process):
         self.t_min, self.t_max, self.sigma_data = float(sigma_min), float(sigma_max), float(sigma_data)
         self.prior_std = self.t_max
 
+    @property
+    def sigma_min(self) -> float:
+        return self.t_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.t_max
+
     def alpha2(self, t):
         return torch.ones_like(_t(t))
 

@@ -1,11 +1,13 @@
 """A run folder: what it holds and how to turn it back into a denoiser.
 
-``RUN_DIR/config.toml`` (the resolved config), ``RUN_DIR/data.json`` (data shape, scaler),
-``RUN_DIR/checkpoints/`` (see :mod:`.checkpoint`), ``RUN_DIR/log.jsonl``, plots and samples; while a trainer
+``RUN_DIR/config.toml`` (the resolved config), ``RUN_DIR/data.json`` (data shape, scaler), for a continuous-time
+process ``RUN_DIR/process.json`` (its resolved parameters: VE's ``sigma_max`` and EDM's ``sigma_data`` default from
+the training data), ``RUN_DIR/checkpoints/`` (see :mod:`.checkpoint`), ``RUN_DIR/log.jsonl``, plots and samples; while a trainer
 writes it, ``RUN_DIR/.lock`` (see :func:`lock_run`).
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import math
@@ -18,10 +20,11 @@ import torch
 
 from .checkpoint import check_tensors, list_checkpoints, load_checkpoint, read_json, resolve_checkpoint
 from .config import Config, load_config, read_toml
-from .denoisers import Denoiser, SMDDenoiser
+from .denoisers import Denoiser, ProcessDenoiser, SMDDenoiser
 from .errors import DiffpropError
 from .limits import check_fits
 from .nets import build_net, build_smd_net
+from .processes import PROCESS_CONFIGS, Process, build_process
 from .schedules import NoiseSchedule
 
 
@@ -53,9 +56,30 @@ def _net(cfg: Config, shape: tuple[int, ...]) -> torch.nn.Module:
 TRAINING_COPIES = 5  # float32 copies of the weights while training: weights, gradient, EMA, AdamW's two moments
 
 
-def build_denoiser(cfg: Config, data_shape: tuple[int, ...], *, copies: int = 1) -> Denoiser:
-    """The config's denoiser: its backbone, or with ``model.smd`` an :class:`SMDDenoiser` around it. Refused before
-    any weight is allocated when ``copies`` float32 copies of its parameters exceed this machine's memory."""
+def process_params(process: Process) -> dict:
+    """A continuous-time process's resolved parameters (the fields of its config dataclass) and name."""
+    return {"name": process.name, **{f.name: float(getattr(process, f.name))
+                                     for f in dataclasses.fields(PROCESS_CONFIGS[process.name])}}
+
+
+def build_run_process(cfg: Config, data: torch.Tensor | None = None, params: dict | None = None) -> Process | None:
+    """The config's continuous-time process (None for the discrete chain): from saved ``params``
+    (``process.json``), else from ``diffusion.*`` with the defaults that depend on the training ``data``."""
+    d = cfg.diffusion
+    if d.process == "discrete":
+        return None
+    if params is not None:
+        return build_process(d.process, **{k: v for k, v in params.items() if k != "name"})
+    options = {f.name: getattr(d, f.name) for f in dataclasses.fields(PROCESS_CONFIGS[d.process])}
+    return build_process(d.process, data=data, **options)
+
+
+def build_denoiser(cfg: Config, data_shape: tuple[int, ...], *, copies: int = 1, data: torch.Tensor | None = None,
+                   process: dict | None = None) -> Denoiser | ProcessDenoiser:
+    """The config's denoiser: its backbone, with ``model.smd`` an :class:`SMDDenoiser` around it, or on a
+    continuous-time ``diffusion.process`` a :class:`ProcessDenoiser` (its process from the saved parameters
+    ``process``, else from the config and the training ``data``). Refused before any weight is allocated when
+    ``copies`` float32 copies of its parameters exceed this machine's memory."""
     m, shape = cfg.model, tuple(data_shape)
     with torch.device("meta"):  # counted without allocating (and without drawing from the seeded generator)
         n = sum(p.numel() for p in _net(cfg, shape).parameters())
@@ -63,6 +87,9 @@ def build_denoiser(cfg: Config, data_shape: tuple[int, ...], *, copies: int = 1)
     check_fits(4.0 * n * copies, f"config: a model of {n:.3g} parameters (model.kind = {m.kind!r}, {size}, data "
                f"{shape})" + (" in training (weights, gradient, EMA, two AdamW moments)" if copies > 1 else ""))
     net = _net(cfg, shape)
+    proc = build_run_process(cfg, data, process)
+    if proc is not None:
+        return ProcessDenoiser(net, proc, cfg.diffusion.parameterization).set_var_type(cfg.diffusion.var_type)
     if not m.smd:
         return Denoiser(net, build_schedule(cfg), cfg.diffusion.parameterization, cfg.diffusion.var_type)
     return SMDDenoiser(net, build_schedule(cfg), cfg.diffusion.parameterization, n_eta=cfg.smd.n_eta,
@@ -73,6 +100,29 @@ def write_data_info(run_dir: Path, dataset) -> None:
     info = {"name": dataset.name, "data_shape": list(dataset.data_shape), "is_image": dataset.is_image,
             "scaler": dataset.scaler}
     (Path(run_dir) / "data.json").write_text(json.dumps(info, indent=1))
+
+
+def write_process_info(run_dir: Path, denoiser) -> None:
+    """``RUN_DIR/process.json``: the resolved parameters of a continuous-time process (nothing for the discrete chain,
+    which the config fixes)."""
+    if isinstance(denoiser, ProcessDenoiser):
+        (Path(run_dir) / "process.json").write_text(json.dumps(process_params(denoiser.process), indent=1))
+
+
+def read_process_info(run_dir: Path, cfg: Config) -> dict | None:
+    """The saved parameters of the run's continuous-time process (None for the discrete chain), checked: the
+    config's process name and its config dataclass's keys, each a finite number."""
+    name = cfg.diffusion.process
+    if name == "discrete":
+        return None
+    path = Path(run_dir) / "process.json"
+    info = read_json(path, "run's noise process")
+    keys = {f.name for f in dataclasses.fields(PROCESS_CONFIGS[name])}
+    if info.get("name") != name or set(info) - {"name"} != keys or not all(
+            type(info[k]) in (int, float) and math.isfinite(info[k]) for k in keys):
+        raise DiffpropError(f"{path}: needs 'name' = {name!r} (the config's diffusion.process) and exactly "
+                            f"{', '.join(sorted(keys))}, finite numbers")
+    return info
 
 
 def read_data_info(run_dir: Path) -> dict:
@@ -124,7 +174,7 @@ def load_run(run_dir: str | Path, *, ema: bool = True, checkpoint: str = "latest
             # newest one can vanish while it is read: read the one that replaced it
             if attempt == 2 or checkpoint != "latest" or list_checkpoints(run_dir)[-1:] == [ckpt_dir]:
                 raise
-    denoiser = build_denoiser(cfg, tuple(data["data_shape"]))
+    denoiser = build_denoiser(cfg, tuple(data["data_shape"]), process=read_process_info(run_dir, cfg))
     check_tensors(ckpt_dir / f"{part}.safetensors", ckpt[part], denoiser.net.state_dict())
     denoiser.net.load_state_dict(ckpt[part])
     return Run(run_dir, cfg, data, denoiser.to(device).eval(), ckpt["state"]["step"])

@@ -31,7 +31,8 @@ from .data import load_dataset
 from .errors import DiffpropError, one_line
 from .init_from import init_from as init_weights
 from .losses import Objective, Term
-from .runs import TRAINING_COPIES, build_denoiser, lock_run, read_data_info, write_data_info
+from .runs import (TRAINING_COPIES, build_denoiser, lock_run, read_data_info, read_process_info, write_data_info,
+                   write_process_info)
 
 # Settings that may change between a run and its resumption; anything else must match. (grad_accum and
 # mixed_precision change the rounding and, grad_accum, the noise draws, not what is optimised.)
@@ -107,7 +108,8 @@ class Trainer:
         self.x = self.dataset.x.to(self.device) if small else self.dataset.x
 
         torch.manual_seed(cfg.seed)
-        self.denoiser = build_denoiser(cfg, self.dataset.data_shape, copies=TRAINING_COPIES)
+        self.denoiser = build_denoiser(cfg, self.dataset.data_shape, copies=TRAINING_COPIES, data=self.dataset.x,
+                                       process=read_process_info(self.run_dir, cfg) if ckpt else None)
         self.init = init_weights(self.denoiser, cfg, init_from) if init_from else None
         self.denoiser = self.denoiser.to(self.device)
         self.net = self.denoiser.net
@@ -129,6 +131,7 @@ class Trainer:
             self._trim_log()
             save_config(cfg, self.run_dir / "config.toml")
             write_data_info(self.run_dir, self.dataset)
+            write_process_info(self.run_dir, self.denoiser)
             if self.init:
                 (self.run_dir / "init.json").write_text(json.dumps(self.init, indent=1))
             if cfg.train.log_with != "none":

@@ -1,10 +1,11 @@
-"""The denoising (noise-prediction) loss of DDPM (000 Eq. 3; Ho et al. Eq. 14), SMD's with ``n_eta`` draws."""
+"""The denoising loss of DDPM (000 Eq. 3; Ho et al. Eq. 14), SMD's with ``n_eta`` draws, and its continuous-time
+form (Song et al. 2021b Eq. 7; Karras et al. 2022 Eq. 2, 8) for any :class:`~diffprop.processes.Process`."""
 from __future__ import annotations
 
 import torch
 
-from ..denoisers import Denoiser, training_target
-from ..process import q_sample
+from ..denoisers import Denoiser
+from ..time_sampling import UniformInt
 
 
 def regression_loss(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
@@ -27,12 +28,16 @@ def regression_loss(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, targ
 
 
 class DenoisingLoss:
-    """``|| net(x_t, t) - target ||^2`` with ``t ~ U{1..T}``, ``x_t = q_sample(x_0, t, eps)``; per sample."""
+    """Per sample ``|| raw(x_t, t) - target(x0, t, eps) ||^2`` with ``t`` from a time sampler
+    (:mod:`diffprop.time_sampling`; default ``t ~ U{1..T}``), ``eps ~ N(0, I)`` and ``x_t = alpha(t) x0 + sigma(t)
+    eps`` (000 Eq. 1, 3). ``target`` is the denoiser's (eps, x0, v, or EDM's ``F`` target, whose weight
+    ``lambda(sigma) c_out^2 = 1`` makes Karras et al.'s Eq. 8 this plain mean square)."""
+
+    def __init__(self, time_sampler=None):
+        self.time_sampler = time_sampler or UniformInt()
 
     def __call__(self, denoiser: Denoiser, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        T = denoiser.schedule.T
-        t = torch.randint(1, T + 1, (x0.shape[0],), generator=generator, device=x0.device)
+        t = self.time_sampler(denoiser.process, x0.shape[0], generator, x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x_t = q_sample(denoiser.schedule, x0, t, eps)  # 000 Eq. 1
-        target = training_target(denoiser.parameterization, denoiser.schedule, x0, t, eps)
-        return regression_loss(denoiser, x_t, t, target, generator)
+        x_t = denoiser.process.marginal(x0, t, eps)  # 000 Eq. 1
+        return regression_loss(denoiser, x_t, t, denoiser.target(x0, t, eps), generator)

@@ -29,14 +29,17 @@ stencil in continuous time). Mind the scale: the residual of an imperfect score 
 small t (a constant error ``b`` in eps puts ``d_tau (b / sigma_t) ~ sigma_t^-3`` into ``err``).
 
 Discretisation: the DDPM chain is read as the VP SDE at ``tau = t / T`` whose marginals are the
-discrete ones, ``abar(tau = t / T) = abar_t``, i.e. ``beta(tau) = -d log abar / d tau``. That rate
-is taken with the same 3-point stencil as ``d_tau s``, ``beta(t / T) = -T (log abar_{t+dt} -
-log abar_{t-dt}) / (2 dt)``, which is ``T beta_t`` up to ``O(beta_t)`` and the schedule's slope but,
-unlike ``T beta_t``, makes the residual of the exact score vanish up to the stencil's ``O(dt^2)``
-error. Measured on gmm-grid (linear schedule, T = 1000, dt = 1, exact oracle): the rms of ``err``
-relative to that of ``d_tau s`` is 5e-3 at t = 2, 2e-4 at t = 10, 6e-5 at t = 200, 3e-6 at t = 500
-with this rate, against 7e-2, 3e-2, 4e-3, 6e-3 with ``T beta_t``; it falls 16-fold when T is 4x
-finer (same continuous beta), the signature of the O(dt^2) stencil error.
+discrete ones, ``abar(tau = t / T) = abar_t``, i.e. ``beta(tau) = -d log abar / d tau``. That rate comes from the
+process itself (:class:`~diffprop.processes.DiscreteVP`: ``log abar`` linear between integer timesteps, so
+``f = (d log alpha / dt) x`` and ``g^2 = d sigma^2 / dt - 2 (d log alpha / dt) sigma^2`` are exact, 004 Eq. 5), and
+the residual is written for that general linear drift, ``rhs = (g^2 / 2)(div s + |s|^2) - (d log alpha / dt) x . s
+(+ const)``, which is the VP form above since ``d log alpha / dt = -g^2 / 2`` there. At an integer t the
+interpolated ``log abar`` has a kink; its symmetric derivative (the mean of the slopes on ``(t - 1, t]`` and
+``(t, t + 1]``) is used, matching the central difference that gives ``d_tau s``. (Before the continuous-time
+processes, the rate was a 3-point stencil of ``log abar`` over ``t +- dt``: for ``dt = 1`` the same number, for
+``dt > 1`` the stencil's average.) Only ``d_tau s``, the network's own time derivative, is still a central
+difference, over ``t +- dt``: the residual of the exact score vanishes up to its ``O(dt^2)`` error, whereas the
+one-sided ``T beta_t`` leaves an ``O(dt)`` mismatch that dominates at small t.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import DiffpropError
-from ..process import q_sample
+from ..processes import DiscreteVP
 from .objective import Term
 
 DIVERGENCES = ("auto", "exact", "hutchinson")
@@ -60,8 +63,30 @@ def divergence(s: torch.Tensor, x: torch.Tensor, method: str, generator: torch.G
     return (torch.autograd.grad((s * v).sum(), x, create_graph=True)[0] * v).sum(1)
 
 
+def _discrete(denoiser) -> DiscreteVP:
+    process = denoiser.process
+    if not isinstance(process, DiscreteVP):
+            raise DiffpropError(f"fokker_planck is defined on the discrete chain (its d/dt is a stencil over integer "
+                                f"timesteps), not on the {process.name} process")
+    return process
+
+
+def sde_rates(process: DiscreteVP, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(k, g^2)`` at integer timesteps ``t`` (float64, per step of t): the forward SDE's ``f = k x`` with
+    ``k = d log alpha / dt`` and ``g^2 = d sigma^2 / dt - 2 k sigma^2`` (004 Eq. 5) from the process's exact
+    derivatives, symmetric at the kink: the mean of the slopes on ``(t - 1, t]`` (the process's value at t) and
+    ``(t, t + 1]`` (its value at t + 1)."""
+    def one(u):
+        k = process.dlog_alpha(u)
+        return k, process.dsigma2(u) - 2 * k * process.sigma2(u)
+
+    t = t.double()
+    (k_l, g2_l), (k_r, g2_r) = one(t), one((t + 1).clamp(max=process.T))
+    return (k_l + k_r) / 2, (g2_l + g2_r) / 2
+
+
 class FokkerPlanck:
-    """Lai et al. 2022: ``alpha g^2 |err|^2 / D^2 + beta |rhs|`` at ``x_t = q_sample(x_0, t)``,
+    """Lai et al. 2022: ``alpha g^2 |err|^2 / D^2 + beta |rhs|`` at ``x_t = alpha_t x_0 + sigma_t eps``,
     ``t ~ U{1 + dt .. T - dt}`` (see the module docstring for the equation and the discretisation)."""
 
     def __init__(self, alpha: float = 0.15, beta: float = 0.01, weight: float = 1.0, divergence: str = "auto",
@@ -78,8 +103,8 @@ class FokkerPlanck:
 
     def residual(self, denoiser, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None):
         """Per sample: ``g^2 |err|^2 / D^2`` and ``rhs = (g^2 / 2)(div s + |s|^2 + x . s)`` at ``(x, t)``."""
-        schedule, shape = denoiser.schedule, x.shape
-        B, T = shape[0], schedule.T
+        process, shape = _discrete(denoiser), x.shape
+        B, T = shape[0], process.T
         if T < 2:
             raise DiffpropError("fokker_planck needs diffusion.T >= 2 (a finite difference in t)")
         t_lo, t_hi = (t - self.dt).clamp(min=1), (t + self.dt).clamp(max=T)
@@ -98,21 +123,20 @@ class FokkerPlanck:
                 return denoiser.score(x.reshape(shape), tt, g).reshape(B, D)
 
             s = score(t)
-            h = divergence(s, x, method, generator) + s.pow(2).sum(1) + (x * s).sum(1)
-            grad_h = torch.autograd.grad(h.sum(), x, create_graph=True)[0]
-            # beta(tau) = -d log abar / d tau and d_tau s on the same 3-point stencil, tau = t / T
+            # d_tau log p = (g^2 / 2)(div s + |s|^2) - k x . s - k D for f = k x (tau = t / T: rates times T)
+            k, g2 = (T * r.to(device=x.device, dtype=x.dtype) for r in sde_rates(process, t))
+            rhs = g2 / 2 * (divergence(s, x, method, generator) + s.pow(2).sum(1)) - k * (x * s).sum(1)
+            grad_rhs = torch.autograd.grad(rhs.sum(), x, create_graph=True)[0]
             width = ((t_hi - t_lo).to(x.dtype) / T)[:, None]
-            log_abar = schedule.gather("alpha_bars", torch.stack([t_lo, t_hi]), x).log().reshape(2, B, 1)
-            g2 = -(log_abar[1] - log_abar[0]) / width
-            ds = (score(t_hi) - score(t_lo)) / width
-            err = ds - g2 / 2 * grad_h  # score FPE residual
-        return (g2[:, 0] * err.pow(2).sum(1) / D**2, g2[:, 0] / 2 * h)
+            ds = (score(t_hi) - score(t_lo)) / width  # d_tau s, central difference
+            err = ds - grad_rhs  # score FPE residual
+        return (g2 * err.pow(2).sum(1) / D**2, rhs)
 
     def __call__(self, denoiser, x0: torch.Tensor, generator: torch.Generator) -> Term:
-        T, B, dev = denoiser.schedule.T, x0.shape[0], x0.device
+        T, B, dev = _discrete(denoiser).T, x0.shape[0], x0.device
         lo, hi = (1 + self.dt, T - self.dt) if T - self.dt >= 1 + self.dt else (1, T)
         t = torch.randint(lo, hi + 1, (B,), generator=generator, device=dev)
         eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
-        res, rhs = self.residual(denoiser, q_sample(denoiser.schedule, x0, t, eps), t, generator)
+        res, rhs = self.residual(denoiser, denoiser.process.marginal(x0, t, eps), t, generator)
         res, rhs = res.mean(), rhs.abs().mean()
         return Term(self.alpha * res + self.beta * rhs, {"residual": res.detach(), "rhs": rhs.detach()})

@@ -13,33 +13,33 @@ from __future__ import annotations
 
 import torch
 
-from ..denoisers import training_target
-from ..process import q_sample
+from ..time_sampling import UniformInt, time_sampler_for
 from .denoising import regression_loss
 from .objective import Term
 
 
 class InputPerturbation:
-    """``|| net(x_t^IP, t) - target(x_0, eps) ||^2`` with ``t ~ U{1..T}`` (Ning et al. 2023, Eq. 9).
+    """``|| raw(x_t^IP, t) - target(x_0, t, eps) ||^2`` with ``t`` from the run's time sampler (default
+    ``t ~ U{1..T}``; Ning et al. 2023, Eq. 9), on any process: ``x_t^IP = alpha(t) x_0 + sigma(t) (eps + gamma xi)``.
 
     Draws ``t`` and ``eps`` exactly as :class:`~diffprop.losses.DenoisingLoss` does and then ``xi``,
     so that with ``gamma = 0`` it reproduces the denoising loss on the same generator state.
-    Works for any parameterization: the target is ``training_target(..., eps)``.
+    Works for any parameterization: the target is the denoiser's ``target(x_0, t, eps)``.
     """
 
-    def __init__(self, gamma: float = 0.1, weight: float = 1.0):
+    def __init__(self, gamma: float = 0.1, weight: float = 1.0, time_sampler=None):
         self.gamma, self.weight = float(gamma), float(weight)
+        self.time_sampler = time_sampler or UniformInt()
 
     @classmethod
     def from_config(cls, cfg, sample_data=None) -> "InputPerturbation":
         c = cfg.input_perturbation
-        return cls(gamma=c.gamma, weight=c.weight)
+        return cls(gamma=c.gamma, weight=c.weight, time_sampler=time_sampler_for(cfg))
 
     def __call__(self, denoiser, x0: torch.Tensor, generator: torch.Generator) -> Term:
-        schedule = denoiser.schedule
-        t = torch.randint(1, schedule.T + 1, (x0.shape[0],), generator=generator, device=x0.device)
+        t = self.time_sampler(denoiser.process, x0.shape[0], generator, x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         xi = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x_t = q_sample(schedule, x0, t, eps + self.gamma * xi)  # Ning et al. Eq. 9: perturbed input
-        target = training_target(denoiser.parameterization, schedule, x0, t, eps)  # ... clean target
+        x_t = denoiser.process.marginal(x0, t, eps + self.gamma * xi)  # Ning et al. Eq. 9: perturbed input
+        target = denoiser.target(x0, t, eps)  # ... clean target
         return Term(regression_loss(denoiser, x_t, t, target, generator).mean(), {})

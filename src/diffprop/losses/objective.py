@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..time_sampling import time_sampler_for
 from .denoising import DenoisingLoss
 
 # name -> (module, class); imported when used, so a regularizer's dependencies load only if it is on
@@ -18,6 +19,11 @@ REGISTRY = {"epdm": ("diffprop.losses.epdm", "EPDM"),
             "consistency": ("diffprop.losses.consistency", "Consistency"),
             "input_perturbation": ("diffprop.losses.input_perturbation", "InputPerturbation"),
             "fokker_planck": ("diffprop.losses.fokker_planck", "FokkerPlanck")}
+# regularizers defined on the discrete chain only, and why (refused with a continuous-time diffusion.process)
+DISCRETE_ONLY = {"epdm": "its bootstrapped chain of L ancestral steps and its time weights w_t are over integer "
+                         "timesteps",
+                 "consistency": "its reverse trajectories are DDPM sub-chains between integer timesteps",
+                 "fokker_planck": "its d/dt of the score is a stencil over integer timesteps"}
 
 
 class Term(NamedTuple):
@@ -34,9 +40,9 @@ def build_regularizer(name: str, cfg, sample_data=None):
 class Objective:
     """Denoising loss weighted by ``lambda_nl`` plus weighted regularizers; logs every part."""
 
-    def __init__(self, lambda_nl: float = 1.0, regularizers: dict | None = None):
+    def __init__(self, lambda_nl: float = 1.0, regularizers: dict | None = None, time_sampler=None):
         self.lambda_nl = lambda_nl
-        self.denoising = DenoisingLoss()
+        self.denoising = DenoisingLoss(time_sampler)
         self.regularizers = regularizers or {}  # name -> (weight, callable)
 
     @classmethod
@@ -45,7 +51,7 @@ class Objective:
         for name in cfg.objective.regularizers:
             reg = build_regularizer(name, cfg, sample_data)
             regs[name] = (reg.weight, reg)
-        return cls(cfg.objective.lambda_nl, regs)
+        return cls(cfg.objective.lambda_nl, regs, time_sampler_for(cfg))
 
     def __call__(self, denoiser, x0: torch.Tensor, generator: torch.Generator) -> Term:
         total, logs = x0.new_zeros(()), {}

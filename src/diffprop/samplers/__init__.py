@@ -57,6 +57,9 @@ class HeunOptions:
     s_noise: float = 1.0
 
 
+ODE_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")  # scipy.integrate.solve_ivp's
+
+
 @dataclass
 class ODEOptions:
     rtol: float = 1e-5
@@ -110,6 +113,8 @@ def make_step(name: str, steps: int | None = None, **options) -> Callable:
         raise DiffpropError(f"sampler {name}: unknown option(s) {', '.join(bad)}; allowed: "
                             f"{', '.join(sorted(fields)) or 'none'}")
     opts = dataclasses.asdict(spec.options(**options))
+    if opts.get("method", ODE_METHODS[0]) not in ODE_METHODS:
+        raise DiffpropError(f"sampler {name}: unknown method {opts['method']!r}; allowed: {', '.join(ODE_METHODS)}")
     if name == "heun":
         s_churn = opts.pop("churn")
         opts["gamma"] = min(s_churn / max(steps or spec.default_steps, 1), math.sqrt(2) - 1) if s_churn > 0 else 0.0
