@@ -50,6 +50,7 @@ TRACES = ("auto", "exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 MAX_EXACT_DIM = 64  # "auto": the exact trace up to this dimension (D backward passes per drift evaluation)
 LEVELS = (256, 17)  # 8-bit images; sklearn digits (0..16)
+EXACT_ROWS = 8192  # the exact trace runs the drift on up to this many rows at once (copies of the batch)
 
 
 @dataclass
@@ -140,22 +141,33 @@ def draw_probe(shape, kind: str, generator: torch.Generator | None = None) -> to
     raise DiffpropError(f"unknown Hutchinson probe {kind!r}; allowed: {', '.join(PROBES)}")
 
 
-def drift_and_divergence(denoiser, x: torch.Tensor, t: float, probe: torch.Tensor | None = None):
-    """``f~(x, t)`` and its divergence per sample: exact (``probe`` None; one backward pass per dimension) or
-    Hutchinson's ``v^T (d f~ / d x) v`` (one vector-Jacobian product). Samples must not interact in the denoiser."""
+def drift_and_divergence(denoiser, x: torch.Tensor, t: float, probe: torch.Tensor | None = None,
+                         max_rows: int = EXACT_ROWS):
+    """``f~(x, t)`` and its divergence per sample. Hutchinson (``probe`` given): ``v^T (d f~ / d x) v`` from one
+    vector-Jacobian product. Exact (``probe`` None): the Jacobian's diagonal ``d f~_i / d x_i`` summed over i, from
+    copies of the batch, copy i back-propagating the one-hot ``e_i``: as many coordinates per pass as fit in
+    ``max_rows`` rows. Samples must not interact in the denoiser (no batch statistics)."""
+    n = len(x)
     with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        f = ode_drift(denoiser, x, t)
         if probe is not None:
+            x = x.detach().requires_grad_(True)
+            f = ode_drift(denoiser, x, t)
             (vjp,) = torch.autograd.grad(f, x, grad_outputs=probe)
-            div = (vjp * probe).reshape(len(x), -1).sum(1)
-        else:
-            flat, d = f.reshape(len(x), -1), f[0].numel()
-            div = torch.zeros(len(x), dtype=f.dtype, device=f.device)
-            for i in range(d):
-                (g,) = torch.autograd.grad(flat[:, i].sum(), x, retain_graph=i < d - 1)
-                div = div + g.reshape(len(x), -1)[:, i]
-    return f.detach(), div.detach()
+            return f.detach(), (vjp * probe).reshape(n, -1).sum(1).detach()
+        d = x[0].numel()
+        per = max(1, min(d, max_rows // n))
+        f, div = None, 0
+        for lo in range(0, d, per):
+            c = min(per, d - lo)
+            xr = x.detach().repeat(c, *([1] * (x.ndim - 1))).requires_grad_(True)  # c copies, (c n, ...)
+            fr = ode_drift(denoiser, xr, t)
+            f = fr[:n].detach() if f is None else f
+            i = torch.arange(c, device=x.device)
+            onehot = torch.zeros(c, n, d, dtype=fr.dtype, device=fr.device)
+            onehot[i, :, lo + i] = 1
+            (g,) = torch.autograd.grad(fr, xr, grad_outputs=onehot.reshape(fr.shape))
+            div = div + g.reshape(c, n, d)[i, :, lo + i].sum(0)
+    return f, div.detach()
 
 
 def _model_dtype(denoiser) -> torch.dtype:
@@ -189,8 +201,8 @@ def ode_likelihood(denoiser, x: torch.Tensor, *, trace: str = "auto", probe: str
     if levels is not None and levels < 2:
         raise DiffpropError(f"levels must be >= 2, got {levels}")
     if getattr(denoiser, "stochastic", False):
-        raise DiffpropError("the probability-flow ODE needs a deterministic denoiser; this one (SMD) draws fresh latent "
-                            "noise at every call, so its flow and its likelihood are not defined")
+        raise DiffpropError("the probability-flow ODE needs a deterministic denoiser; this one (SMD) draws fresh "
+                            "latent noise at every call, so its flow and its likelihood are not defined")
     proc = denoiser.process
     t0 = float(proc.t_min if t_min is None else t_min)
     t1 = float(proc.t_max if t_max is None else t_max)
