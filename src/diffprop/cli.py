@@ -647,8 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="number of data points (default 256): fresh draws of generated data, else a random subset")
     lk.add_argument("--seed", type=_seed, default=0, help="seed of the data points, probes and dequantisation noise")
     tr = lk.add_mutually_exclusive_group()
-    tr.add_argument("--exact-trace", action="store_true", help="exact divergence (one backward pass per dimension; "
-                    "default up to 64 dimensions)")
+    tr.add_argument("--exact-trace", action="store_true", help="exact divergence (one vector-Jacobian product per "
+                    "dimension; default up to 64 dimensions)")
     tr.add_argument("--hutchinson", action="store_true", help="Hutchinson's divergence estimate (default above 64 "
                     "dimensions)")
     lk.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher",

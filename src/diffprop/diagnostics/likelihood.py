@@ -15,10 +15,10 @@ denoiser the flow carries ``q_{t_min}`` to ``q_{t_max}`` exactly, so the result 
 the ODE solver's error and the prior's mismatch ``log N(x_T; 0, prior_std^2) - log q_{t_max}(x_T)``; against
 ``log q_0(x)`` it also differs by the noise ``sigma(t_min)`` left at ``t_min``.
 
-The divergence is exact (``D`` backward passes: the sum of ``d f~_i / d x_i``) in low dimension, or Hutchinson's
-estimate ``v^T (d f~ / d x) v`` with one probe ``v`` per sample (Rademacher or Gaussian), drawn once and kept
-for the whole trajectory (Hutchinson 1989; Grathwohl et al. 2019, FFJORD, Sec. 3): unbiased for the
-log-likelihood, since the trajectory does not depend on ``v``.
+The divergence is exact (the sum of ``d f~_i / d x_i``, from ``D`` one-hot vector-Jacobian products) in low
+dimension, or Hutchinson's estimate ``v^T (d f~ / d x) v`` with one probe ``v`` per sample (Rademacher or
+Gaussian), drawn once and kept for the whole trajectory (Hutchinson 1989; Grathwohl et al. 2019, FFJORD, Sec. 3):
+unbiased for the log-likelihood, since the trajectory does not depend on ``v``.
 
 Bits per dimension: continuous data, ``-log p / (D ln 2)``. Images in ``[-1, 1]`` made of ``L`` integer levels
 (pixel ``k`` at ``x_k = 2 k / (L - 1) - 1``; 8-bit images ``L = 256``, sklearn digits ``L = 17``) are dequantised
