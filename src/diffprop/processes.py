@@ -1,10 +1,10 @@
-"""Noise processes in continuous time: ``x_t = alpha(t) x_0 + sigma(t) eps`` (004 Sec. 3.4; Karras et al. 2022 Tab. 1).
+"""Noise processes in continuous time: ``x_t = alpha(t) x_0 + sigma(t) eps`` (004 Sec. 3; Karras et al. 2022 Tab. 1).
 
 A :class:`Process` gives, for a time ``t`` (float, a 0-d tensor or one per sample):
 - the marginal ``q(x_t|x_0) = N(alpha(t) x_0, sigma(t)^2 I)`` through ``alpha2`` = ``alpha^2`` and ``sigma2``;
-- the forward SDE ``dx = f(x, t) dt + g(t) dw`` (004 Eq. 5) with ``f = (d log alpha / dt) x`` and
-  ``g^2 = d sigma^2 / dt - 2 (d log alpha / dt) sigma^2`` (Kingma et al. 2021 App. A; Karras et al. Eq. 4 read backwards),
-  from the exact derivatives ``dlog_alpha`` and ``dsigma2``;
+- the forward SDE ``dx = f(x, t) dt + g(t) dw`` (004 Eq. 2.1) with ``f = (d log alpha / dt) x`` and
+  ``g^2 = d sigma^2 / dt - 2 (d log alpha / dt) sigma^2`` (Kingma et al. 2021 App. A; Karras et al. Eq. 4 read
+  backwards), from the exact derivatives ``dlog_alpha`` and ``dsigma2``;
 - ``prior``: the distribution ``N(0, prior_std^2 I)`` samplers start from at ``t_max``;
 - ``net_time``: what a backbone is fed (``t - 1`` for DDPM and diffusers checkpoints, ``999 t`` for score_sde-style
   VP models, ``log(sigma) / 4`` for EDM's ``c_noise``);
@@ -85,7 +85,7 @@ class Process:
         return a2.sqrt() * x0 + s2.sqrt() * eps
 
     def sde(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
-        """Drift ``f(x, t)`` and ``g(t)^2`` (broadcast against ``x``) of the forward SDE (004 Eq. 5)."""
+        """Drift ``f(x, t)`` and ``g(t)^2`` (broadcast against ``x``) of the forward SDE (004 Eq. 2.1)."""
         t = _t(t, x.device)
         dl = self.dlog_alpha(t)
         return at(dl, x) * x, at(self.dsigma2(t) - 2 * dl * self.sigma2(t), x)
@@ -114,7 +114,7 @@ class Process:
         """``n`` noisy times (default ``default_steps``), decreasing from ``t_max`` to ``t_min``, then 0 (float64,
         length ``n + 1``); ``kind`` defaults to ``default_grid``.
 
-        ``uniform`` in t; ``quadratic`` in ``sqrt(t)`` (Song et al. 2021a's DDIM ``quad``); ``edm`` uniform in
+        ``uniform`` in t; ``quadratic`` in ``sqrt(t)`` (the DDIM paper's ``quad``, Song et al. 2021); ``edm`` uniform in
         ``sigma^(1/rho)`` with rho = 7 (Karras et al. 2022 Eq. 5), mapped back to times through the log-SNR."""
         n, kind = self.default_steps if n is None else n, kind or self.default_grid
         if n < 1:
@@ -229,8 +229,8 @@ class VPSDEConfig:
 
 class VPSDE(Process):
     """Variance-preserving SDE ``dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw``, ``beta(t)`` linear from ``beta_min``
-    to ``beta_max`` on ``[0, 1]`` (004 Eq. 11; Song et al. 2021 Eq. 11, 29): ``alpha^2 = exp(-B(t))`` with
-    ``B(t) = beta_min t + (beta_max - beta_min) t^2 / 2``."""
+    to ``beta_max`` on ``[0, 1]`` (004 Eq. 3.8-3.10; Song et al. 2021, score SDE, Sec. 3.4): ``alpha^2 = exp(-B(t))``
+    with ``B(t) = beta_min t + (beta_max - beta_min) t^2 / 2``."""
 
     name = "vp-sde"
     vp = True
@@ -264,12 +264,12 @@ class VPSDE(Process):
         return self.beta(t) * self.alpha2(t)
 
     def net_time(self, t):
-        return 999 * _t(t)  # score_sde's continuous VP labels
+        return 999 * _t(t)  # score_sde's continuous VP labels (t in [0, 1] onto DDPM's 0..999)
 
 
 class SubVPSDE(VPSDE):
-    """Sub-VP SDE (004 Eq. 12; Song et al. 2021 Eq. 17): VP's drift, ``g^2 = beta(t) (1 - exp(-2 B(t)))``, so
-    ``sigma^2 = (1 - exp(-B(t)))^2`` lies below the VP's."""
+    """Sub-VP SDE (004 Eq. 3.12-3.13; Song et al. 2021, score SDE, Sec. 3.4): VP's drift,
+    ``g^2 = beta(t) (1 - exp(-2 B(t)))``, so ``sigma^2 = (1 - exp(-B(t)))^2`` lies below the VP's."""
 
     name = "subvp-sde"
     vp = False
@@ -293,8 +293,8 @@ class VESDEConfig:
 
 class VESDE(Process):
     """Variance-exploding SDE ``dx = sqrt(d sigma^2 / dt) dw`` with ``sigma(t) = sigma_min (sigma_max /
-    sigma_min)^t`` (004 Eq. 9; Song et al. 2021 Eq. 30): ``alpha = 1``. ``sigma_max`` should be about the largest
-    pairwise distance of the data (Song & Ermon 2020, Technique 1; :func:`largest_distance`)."""
+    sigma_min)^t`` (004 Eq. 3.5-3.7; Song et al. 2021, score SDE, Sec. 3.4): ``alpha = 1``. ``sigma_max`` should be
+    about the largest pairwise distance of the data (Song & Ermon 2020, Technique 1; :func:`largest_distance`)."""
 
     name = "ve-sde"
 

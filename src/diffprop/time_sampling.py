@@ -5,7 +5,7 @@ for a :class:`~diffprop.processes.Process` from ``generator``:
 
 - ``uniform-int``: ``t ~ U{1..T}`` on the discrete chain (Ho et al. 2020 Alg. 1 line 3; 000 Eq. 3), the draw
   :class:`~diffprop.losses.DenoisingLoss` has always made (``torch.randint`` on the generator, bit for bit);
-- ``uniform``: ``t ~ U[t_min, t_max]`` (Song et al. 2021b Eq. 7, their continuous-time objective);
+- ``uniform``: ``t ~ U[t_min, t_max]`` (Song et al. 2021, score SDE, Eq. 7, their continuous-time objective);
 - ``log-normal``: ``ln sigma ~ N(p_mean, p_std^2)`` with ``sigma`` the noise-to-signal ratio ``sigma(t) / alpha(t)``
   (Karras et al. 2022 Sec. 5 and Tab. 1: ``P_mean = -1.2``, ``P_std = 1.2``);
 - ``log-uniform``: ``ln sigma ~ U[ln sigma_min, ln sigma_max]`` (default: the process's range).
@@ -63,7 +63,7 @@ class UniformInt:
 
 @dataclass
 class Uniform:
-    """``t ~ U[t_min, t_max]`` (Song et al. 2021b Eq. 7); None: the process's range (on the discrete chain
+    """``t ~ U[t_min, t_max]`` (Song et al. 2021, score SDE, Eq. 7); None: the process's range (on the discrete chain
     ``(0, T]``, read as the integer timestep ``ceil(t)``)."""
     t_min: float | None = None
     t_max: float | None = None

@@ -1,7 +1,7 @@
 """Exact log-likelihood by the probability-flow ODE and the instantaneous change of variables.
 
 The probability-flow ODE ``dx/dt = f~(x, t) = f(x, t) - g(t)^2 / 2 score(x, t)`` (Song et al. 2021, score SDE,
-Sec. 4.3, Eq. 13; 004 Eq. 7; :func:`~diffprop.samplers.ode.ode_drift`) is a deterministic, invertible flow, so the
+Sec. 4.3, Eq. 13; 004 Eq. 5.8; :func:`~diffprop.samplers.ode.ode_drift`) is a deterministic, invertible flow, so the
 density it transports obeys ``d log p_t(x(t)) / dt = -div f~(x(t), t)`` (Chen et al. 2018, Thm 1). Integrating
 ``[x, delta]`` with ``d delta / dt = div f~`` from ``t_min`` to ``t_max`` gives
 

@@ -1,6 +1,7 @@
 """``samplers``: every registered sampler at a range of network evaluations (NFE) on gmm-grid, for the exact oracle
 (on the trained model's discrete chain, and under the EDM process) and for a trained DDPM: sample quality against
-NFE, and the error-propagation curve of each sampler's chain at one NFE. The sampler part of Song et al. (2021b)
+NFE, and the error-propagation curve of each sampler's chain at one NFE. The sampler part of Song et al. (2021, score
+SDE)
 Sec. 4-5 and Karras et al. (2022) Sec. 3 made measurable."""
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from ..samplers import SAMPLERS, sample
 from . import common
 from .tables import write_report
 
-CLAIM = ("Song et al. (2021b), Karras et al. (2022): a second-order probability-flow ODE solver (Heun, EDM time "
+CLAIM = ("Song et al. (2021, score SDE), Karras et al. (2022): a second-order probability-flow ODE solver (Heun, "
+         "EDM time "
          "grid) reaches the quality of 1000-step ancestral sampling with <= 50 network evaluations")
 SCALES = {"tiny": replace(common.SCALES["tiny"], data="gmm-grid", steps=300, samples=256, num=128),
           "small": replace(common.SCALES["small"], data="gmm-grid", steps=12000, seeds=1, samples=2000, num=1000,
@@ -111,7 +113,8 @@ def verdict(rows: list[dict], T: int) -> str:
         good = (heun["kl_estimate"] <= d["kl_estimate"] + 0.05
                 and heun["high_quality_fraction"] >= d["high_quality_fraction"] - 0.01)
         ok.append(good)
-        parts.append(f"{m}: Heun at {heun['nfe']} NFE KL {heun['kl_estimate']:.3f}, HQ {heun['high_quality_fraction']:.3f}"
+        parts.append(f"{m}: Heun at {heun['nfe']} NFE KL {heun['kl_estimate']:.3f}, "
+                     f"HQ {heun['high_quality_fraction']:.3f}"
                      f" vs DDPM at {d['nfe']} KL {d['kl_estimate']:.3f}, HQ {d['high_quality_fraction']:.3f}")
     if not ok:
         return "undecided: no DDPM run over the whole chain to compare with."

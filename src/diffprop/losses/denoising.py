@@ -1,5 +1,5 @@
 """The denoising loss of DDPM (000 Eq. 3; Ho et al. Eq. 14), SMD's with ``n_eta`` draws, and its continuous-time
-form (Song et al. 2021b Eq. 7; Karras et al. 2022 Eq. 2, 8) for any :class:`~diffprop.processes.Process`."""
+form (Song et al. 2021, score SDE, Eq. 7; Karras et al. 2022 Eq. 2, 8) for any :class:`~diffprop.processes.Process`."""
 from __future__ import annotations
 
 import torch

@@ -31,7 +31,7 @@ small t (a constant error ``b`` in eps puts ``d_tau (b / sigma_t) ~ sigma_t^-3``
 Discretisation: the DDPM chain is read as the VP SDE at ``tau = t / T`` whose marginals are the
 discrete ones, ``abar(tau = t / T) = abar_t``, i.e. ``beta(tau) = -d log abar / d tau``. That rate comes from the
 process itself (:class:`~diffprop.processes.DiscreteVP`: ``log abar`` linear between integer timesteps, so
-``f = (d log alpha / dt) x`` and ``g^2 = d sigma^2 / dt - 2 (d log alpha / dt) sigma^2`` are exact, 004 Eq. 5), and
+``f = (d log alpha / dt) x`` and ``g^2 = d sigma^2 / dt - 2 (d log alpha / dt) sigma^2`` are exact, 004 Eq. 2.1), and
 the residual is written for that general linear drift, ``rhs = (g^2 / 2)(div s + |s|^2) - (d log alpha / dt) x . s
 (+ const)``, which is the VP form above since ``d log alpha / dt = -g^2 / 2`` there. At an integer t the
 interpolated ``log abar`` has a kink; its symmetric derivative (the mean of the slopes on ``(t - 1, t]`` and
@@ -73,7 +73,7 @@ def _discrete(denoiser) -> DiscreteVP:
 
 def sde_rates(process: DiscreteVP, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(k, g^2)`` at integer timesteps ``t`` (float64, per step of t): the forward SDE's ``f = k x`` with
-    ``k = d log alpha / dt`` and ``g^2 = d sigma^2 / dt - 2 k sigma^2`` (004 Eq. 5) from the process's exact
+    ``k = d log alpha / dt`` and ``g^2 = d sigma^2 / dt - 2 k sigma^2`` (004 Eq. 2.1) from the process's exact
     derivatives, symmetric at the kink: the mean of the slopes on ``(t - 1, t]`` (the process's value at t) and
     ``(t, t + 1]`` (its value at t + 1)."""
     def one(u):

@@ -45,7 +45,7 @@ class NoOptions:
 
 @dataclass
 class PCOptions:
-    snr: float = 0.16  # Song et al. 2021b's default for VE; App. G
+    snr: float = 0.16  # the score SDE paper's (Song et al. 2021) default
     corrector_steps: int = 1
 
 
@@ -84,10 +84,10 @@ SAMPLERS = {
     "ddpm": Sampler(ddpm_step, DDPMOptions, None, None, "DDPM ancestral (Ho et al. 2020; respaced below T steps)"),
     "ddim": Sampler(ddim_step, DDIMOptions, 50, {"discrete": "quadratic", "ve-sde": "edm", "edm": "edm",
                                                   "*": "quadratic"},
-                    "DDIM (Song et al. 2021a), eta = 0 deterministic; quadratic grid (theirs), EDM's on VE"),
-    "em": Sampler(em_step, NoOptions, None, None, "Euler-Maruyama on the reverse SDE (Song et al. 2021b)"),
+                    "DDIM (Song et al. 2021), eta = 0 deterministic; quadratic grid (theirs), EDM's on VE"),
+    "em": Sampler(em_step, NoOptions, None, None, "Euler-Maruyama on the reverse SDE (Song et al. 2021)"),
     "pc": Sampler(pc_step, PCOptions, None, None, "reverse-diffusion predictor + Langevin corrector "
-                  "(Song et al. 2021b)"),
+                  "(Song et al. 2021)"),
     "euler": Sampler(euler_step, NoOptions, 250, "edm", "Euler on the probability-flow ODE"),
     "heun": Sampler(heun_step, HeunOptions, 25, "edm", "Heun on the probability-flow ODE (Karras et al. 2022), "
                     "2 steps - 1 evaluations"),

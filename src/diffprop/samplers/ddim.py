@@ -1,4 +1,4 @@
-"""DDIM sampling (Song et al. 2021a Eq. 12) on any grid of times of any process, with stochasticity ``eta``."""
+"""DDIM sampling (Song et al. 2021, DDIM, Eq. 12) on any grid of times of any process, with stochasticity ``eta``."""
 from __future__ import annotations
 
 from .base import SamplerOutput, noise_like, time_arg
@@ -7,7 +7,8 @@ from .driver import sample_from
 
 def ddim_step(denoiser, x, t, t_prev, generator=None, eta: float = 0.0, clip_x0=None, clipped_eps: bool = False):
     """``x_prev = alpha_prev x0_hat + sqrt(sigma_prev^2 - s^2) eps_hat + s z`` with
-    ``s^2 = eta^2 sigma_prev^2 / sigma_t^2 sigma_{t|prev}^2`` (Song et al. 2021a Eq. 12, 16; on VP processes
+    ``s^2 = eta^2 sigma_prev^2 / sigma_t^2 sigma_{t|prev}^2`` (Song et al. 2021, DDIM, Eq. 12, 16; 004 Eq. 6.20; on VP
+    processes
     ``alpha^2 = abar``, ``sigma^2 = 1 - abar``, ``sigma_{t|prev}^2 = 1 - abar_t / abar_prev``).
 
     ``clip_x0`` (default: the denoiser's own) clips ``x0_hat`` to ``[-clip_x0, clip_x0]``. ``eps_hat`` is then

@@ -1,4 +1,5 @@
-"""Probability-flow ODE samplers (004 Sec. 3.3 Eq. 7; Song et al. 2021b Sec. 4.3; Karras et al. 2022 Alg. 1-2).
+"""Probability-flow ODE samplers (004 Thm 5.1, Eq. 5.8; Song et al. 2021, score SDE, Sec. 4.3; Karras et al. 2022
+Alg. 1-2).
 
 ``dx/dt = f(x, t) - g(t)^2 / 2 grad log q_t(x)`` has the same marginals ``q_t`` as the SDE. With the score
 ``-eps_hat / sigma`` this is ``d log alpha/dt x + g^2 eps_hat / (2 sigma)``; for EDM (``alpha = 1, sigma = t``)
@@ -15,7 +16,7 @@ from .base import denoised, noise_like, time_arg
 
 
 def ode_drift(denoiser, x, t, generator=None) -> torch.Tensor:
-    """``dx/dt`` of the probability-flow ODE at ``(x, t)`` (004 Eq. 7)."""
+    """``dx/dt`` of the probability-flow ODE at ``(x, t)`` (004 Eq. 5.1, 5.8)."""
     f, g2 = denoiser.process.sde(x, t)
     return f - 0.5 * g2 * denoiser.score(x, time_arg(t, x), generator)
 
@@ -63,7 +64,7 @@ def heun_step(denoiser, x, t, t_next, generator=None, gamma: float = 0.0, s_tmin
 def rk45_step(denoiser, x, t, t_next, generator=None, rtol: float = 1e-5, atol: float = 1e-5,
               method: str = "RK45"):
     """The probability-flow ODE from ``t`` to ``t_next`` by ``scipy.integrate.solve_ivp`` (adaptive; Song et al.
-    2021b use RK45 with ``rtol = atol = 1e-5``), the whole batch as one system; to 0, the denoised sample."""
+    2021 (score SDE) use RK45 with ``rtol = atol = 1e-5``), the whole batch as one system; to 0, the denoised sample."""
     from scipy.integrate import solve_ivp
 
     if t_next == 0:

@@ -1,6 +1,6 @@
-"""Reverse-time SDE samplers (004 Sec. 3.3, 5.1; Song et al. 2021b Sec. 4.1-4.2, App. G).
+"""Reverse-time SDE samplers (004 Sec. 2 and 6.3; Song et al. 2021, score SDE, Sec. 4.1-4.2).
 
-The reverse SDE of ``dx = f dt + g dw`` is ``dx = [f - g^2 grad log q_t(x)] dt + g dw_bar`` (004 Eq. 6),
+The reverse SDE of ``dx = f dt + g dw`` is ``dx = [f - g^2 grad log q_t(x)] dt + g dw_bar`` (004 Eq. 2.6, 4.2),
 with the score ``grad log q_t = -eps_hat / sigma(t)`` from the denoiser. Every step ends at ``t_next = 0``
 with the denoised sample (:func:`.base.denoised`).
 """
@@ -14,7 +14,7 @@ from .base import denoised, noise_like, time_arg
 
 
 def em_step(denoiser, x, t, t_next, generator=None):
-    """Euler-Maruyama on the reverse SDE (004 Eq. 6): ``x + (f - g^2 s) dt + g sqrt(|dt|) z`` with ``dt < 0``."""
+    """Euler-Maruyama on the reverse SDE (004 Eq. 6.17): ``x + (f - g^2 s) dt + g sqrt(|dt|) z`` with ``dt < 0``."""
     if t_next == 0:
         return denoised(denoiser, x, t, generator)
     f, g2 = denoiser.process.sde(x, t)
@@ -24,8 +24,8 @@ def em_step(denoiser, x, t, t_next, generator=None):
 
 
 def reverse_diffusion_step(denoiser, x, t, t_next, generator=None):
-    """The reverse-diffusion predictor (Song et al. 2021b Eq. 45-46): discretise the forward SDE between ``t_next``
-    and ``t`` as ``x_t = a x_next + G z`` (``a = alpha_t / alpha_next``, ``G^2 = sigma_{t|next}^2``, i.e.
+    """The reverse-diffusion predictor (Song et al. 2021, score SDE, Sec. 4.2): discretise the forward SDE between
+    ``t_next`` and ``t`` as ``x_t = a x_next + G z`` (``a = alpha_t / alpha_next``, ``G^2 = sigma_{t|next}^2``, i.e.
     ``f_i = (a - 1) x``) and step ``x_next = x - f_i + G^2 s + G z``. On VP this is their
     ``(2 - sqrt(1 - beta_i)) x + beta_i s + sqrt(beta_i) z``; on VE ``x + (sigma_i^2 - sigma_{i-1}^2) s + ...``."""
     if t_next == 0:
@@ -38,7 +38,8 @@ def reverse_diffusion_step(denoiser, x, t, t_next, generator=None):
 
 
 def langevin_step(denoiser, x, t, t_next, generator=None, snr: float = 0.16, steps: int = 1):
-    """``steps`` Langevin corrector moves at time ``t`` (Song et al. 2021b Alg. 4): ``x + e s + sqrt(2 e) z`` with
+    """``steps`` Langevin corrector moves at time ``t`` (004 Eq. 6.18; Song et al. 2021, score SDE, Sec. 4.2):
+    ``x + e s + sqrt(2 e) z`` with
     ``e = 2 a (snr ||z|| / ||s||)^2``, ``a = alpha_t^2 / alpha_next^2`` (their ``alpha_i``; 1 on VE). The norms
     are averaged over groups of ``BLOCK`` consecutive samples: score_sde averages over the batch (one sample's own
     norms make ``e`` explode where its score vanishes, at a mode's centre), which would make a sample depend on
@@ -62,7 +63,8 @@ def _group_norm(v: torch.Tensor) -> torch.Tensor:
 
 
 def pc_step(denoiser, x, t, t_next, generator=None, snr: float = 0.16, corrector_steps: int = 1):
-    """Predictor-corrector (Song et al. 2021b Alg. 2-3): Langevin corrector at ``t``, then the reverse-diffusion
+    """Predictor-corrector (004 Sec. 6.3; Song et al. 2021, score SDE, Sec. 4.2): Langevin corrector at ``t``, then
+    the reverse-diffusion
     predictor to ``t_next``."""
     x = langevin_step(denoiser, x, t, t_next, generator, snr, corrector_steps)
     return reverse_diffusion_step(denoiser, x, t, t_next, generator)
