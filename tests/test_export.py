@@ -103,7 +103,7 @@ def test_scheduler_config_reproduces_the_schedule(overrides):
         assert np.array_equal(np.array(json.loads(json.dumps(kw["trained_betas"]))), ours.numpy())
     assert kw["prediction_type"] == {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}[cfg.diffusion.parameterization]
     assert kw["clip_sample_range"] == (cfg.sample.clip_x0 or 1.0)
-    assert kw["timestep_spacing"] == {"even": "leading"}.get(cfg.sample.spacing, cfg.sample.spacing)
+    assert kw["timestep_spacing"] == {"even": "leading", None: "leading"}.get(cfg.sample.spacing, cfg.sample.spacing)
 
 
 @pytest.mark.parametrize("overrides, message", [
