@@ -256,7 +256,8 @@ def test_resume_on_a_process_is_bit_exact(edm_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["sample", "--oracle", "gmm-grid", "--sampler", "ddim", "--snr", "0.2"], "--snr applies to --sampler pc, not ddim"),
+    (["sample", "--oracle", "gmm-grid", "--sampler", "ddim", "--snr", "0.2"],
+     "--snr applies to --sampler pc, not ddim"),
     (["sample", "--oracle", "gmm-grid", "--sampler", "dpm++"], "argument --sampler: invalid choice: 'dpm++'"),
     (["sample", "--oracle", "gmm-grid", "--process", "flow"], "argument --process: invalid choice: 'flow'"),
     (["sample", "--oracle", "gmm-grid", "--process", "vp-sde", "--spacing", "leading"],

@@ -147,7 +147,7 @@ def _denoiser_for(args):
 DIFFUSERS_SAMPLERS = ("ddpm", "ddim")  # the steps of diffusers' DDPMScheduler and DDIMScheduler
 # sampler options set from the model and the config (clip_x0, var_type), or by flags of their own (eta, clipped_eps)
 _OWN_FLAGS = ("clip_x0", "var_type", "eta", "clipped_eps")
-_FLAG_HELP = {"snr": "pc: the Langevin corrector's signal-to-noise ratio (Song et al. 2021b; default 0.16)",
+_FLAG_HELP = {"snr": "pc: the Langevin corrector's signal-to-noise ratio (Song et al. 2021, score SDE; default 0.16)",
               "corrector_steps": "pc: Langevin corrector moves per step (default 1)",
               "churn": "heun: EDM's stochastic churn S_churn (Karras et al. 2022, Alg. 2; default 0: deterministic)",
               "s_tmin": "heun: churn only where sigma / alpha >= this (default 0)",
@@ -579,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spacing", metavar="GRID", choices=(*SPACINGS, *GRIDS), help="the time grid: on the discrete "
                    "chain even = round(linspace(1, T, steps)), or linspace, leading, trailing = diffusers' "
                    "timestep_spacing; on any process uniform, quadratic, edm (Karras et al. 2022, rho = 7) (default: "
-                   "the run's sample.spacing, else the sampler's own; with --diffusers, ddpm and ddim, the scheduler's)")
+                   "the run's sample.spacing, else the sampler's own; with --diffusers, ddpm and ddim, the "
+                   "scheduler's)")
     _add_sampler_flags(s)
     s.add_argument("--num", type=_positive(int, MAX_SAMPLES), help=f"number of samples, at most {MAX_SAMPLES} "
                    f"(default: the run's sample.num)")

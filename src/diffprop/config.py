@@ -63,7 +63,7 @@ class DiffusionConfig:
                        "variance_type fixed_large = beta, fixed_small = beta_tilde are accepted)",
                        choices=("beta", "beta_tilde"))
     process: str = _f("discrete", "noise process: discrete (the DDPM chain of T, schedule, beta_*), vp-sde, subvp-sde, "
-                      "ve-sde (Song et al. 2021b), edm (Karras et al. 2022)", choices=tuple(PROCESSES))
+                      "ve-sde (Song et al. 2021, score SDE), edm (Karras et al. 2022)", choices=tuple(PROCESSES))
     beta_min: float | None = _f(None, "vp-sde, subvp-sde: beta(0) (absent: 0.1)", gt=0.0)
     beta_max: float | None = _f(None, "vp-sde, subvp-sde: beta(1) (absent: 20)", gt=0.0)
     sigma_min: float | None = _f(None, "ve-sde: sigma(0) (absent: 0.01); edm: the smallest sigma (absent: 0.002)",
@@ -217,10 +217,10 @@ class SampleConfig:
     clip_x0: float = _f(0.0, "clip predicted x0 to [-c, c] (0: off; images use 1)", min=0.0)
     clipped_eps: bool = _f(False, "ddim: with clipping, use the noise implied by the clipped x0 "
                                   "(diffusers' use_clipped_model_output) instead of the model's")
-    spacing: str | None = _f(None, "time grid (absent: the sampler's default on its process, e.g. even for ddpm and "
-                             "quadratic for ddim on the discrete chain): even = round(linspace(1, T, steps)); linspace, "
-                             "leading, trailing = diffusers' timestep_spacing (discrete chain only); uniform, quadratic, "
-                             "edm (Karras et al. 2022's rho = 7)", choices=(*SPACINGS, *GRIDS))
+    spacing: str | None = _f(None, "time grid (absent: the sampler's default on its process, e.g. even for ddpm "
+                             "and quadratic for ddim on the discrete chain): even = round(linspace(1, T, steps)); "
+                             "linspace, leading, trailing = diffusers' timestep_spacing (discrete chain only); "
+                             "uniform, quadratic, edm (Karras et al. 2022's rho = 7)", choices=(*SPACINGS, *GRIDS))
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 ``RUN_DIR/config.toml`` (the resolved config), ``RUN_DIR/data.json`` (data shape, scaler), for a continuous-time
 process ``RUN_DIR/process.json`` (its resolved parameters: VE's ``sigma_max`` and EDM's ``sigma_data`` default from
-the training data), ``RUN_DIR/checkpoints/`` (see :mod:`.checkpoint`), ``RUN_DIR/log.jsonl``, plots and samples; while a trainer
-writes it, ``RUN_DIR/.lock`` (see :func:`lock_run`).
+the training data), ``RUN_DIR/checkpoints/`` (see :mod:`.checkpoint`), ``RUN_DIR/log.jsonl``, plots and samples;
+while a trainer writes it, ``RUN_DIR/.lock`` (see :func:`lock_run`).
 """
 from __future__ import annotations
 
