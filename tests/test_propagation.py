@@ -36,7 +36,7 @@ def test_biased_oracle_accumulates_error_from_T_towards_small_t():
     assert cumu[-1] < floor[-1]  # t = T: the chain has just started, nothing to see
     small = t <= 100
     assert (cumu[small] > 10 * floor[small]).all() and (p[small] <= 0.01).all()  # clearly off the floor
-    assert cumu[small].min() > 30 * abs(cumu[-1])  # orders of magnitude above the value at t = T
+    assert cumu[small].min() > 10 * floor[-1]  # an order of magnitude above all that can be seen at t = T (noise)
     _, mod = res.column("rbf", "modular")
     assert (mod < cumu).all() or (mod[small] < 0.1 * cumu[small]).all()  # one step's error is small: it accumulates
 

@@ -340,9 +340,10 @@ def cmd_evaluate(args) -> None:
 def cmd_measure(args) -> None:
     from .data import load_dataset
     from .diagnostics.mmd import MAX_TEST_POINTS
-    from .diagnostics.propagation import parse_grid, parse_kernel
+    from .diagnostics.propagation import parse_grid, parse_kernel, step_times
     from .measure import describe_checks, run_measure
     from .oracle import OracleDenoiser
+    from .samplers import sampler_times
 
     if 2 * args.num > MAX_TEST_POINTS:  # before any sampling: the noise floor's permutation test holds 2N x 2N
         raise DiffpropError(f"--num {args.num}: at most {MAX_TEST_POINTS // 2} samples per side (the permutation noise "
@@ -366,14 +367,15 @@ def cmd_measure(args) -> None:
                             f"{tuple(info['data_shape'])}")
     reference = exact = None
     if ds.mixture is not None:  # the data density is known: exact KL errors, and the oracle's curve beside
-        exact = OracleDenoiser(ds.mixture, denoiser.schedule, var_type=denoiser.var_type)
+        exact = OracleDenoiser(ds.mixture, denoiser.process, var_type=denoiser.var_type)
         reference = None if isinstance(denoiser, OracleDenoiser) else exact
-    grid = parse_grid(args.grid, denoiser.schedule.T)
+    # the chain measured: the sampler's own times (a bad --steps or --spacing refused before any work)
+    grid = parse_grid(args.grid, step_times(sampler_times(denoiser, args.sampler, args.steps, args.spacing)))
     summary = run_measure(denoiser, ds.x, out, {**meta, "dataset": name}, reference=reference,
                           progress=not args.quiet, num=args.num, grid=grid,
                           kernels=kernels, bootstrap_steps=args.bootstrap_steps, var_type=denoiser.var_type,
                           num_permutations=args.permutations, seed=args.seed, device=device, repeats=args.repeats,
-                          oracle=exact,
+                          oracle=exact, sampler=args.sampler, steps=args.steps, spacing=args.spacing,
                           batch_size=args.batch_size)
     for k, v in summary["kernels"].items():
         print(f"{k:>10}: cumulative {v['cumulative_tT']:.3g} at t=T -> {v['cumulative_t1']:.3g} at t=1 "
@@ -617,8 +619,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "per kernel. Writes propagation.csv, propagation.png and summary.json.")
     _add_model_source(m, "the data to compare with (default: the run's; required with --diffusers)")
     m.add_argument("--num", type=_positive(int), default=1000, help="N = M samples per side (default 1000)")
-    m.add_argument("--grid", default="20", help="number of timesteps measured (log-spaced), or a comma list "
-                   "of timesteps in 1..T (default 20)")
+    from .processes import PROCESSES
+    from .samplers import SAMPLERS
+
+    m.add_argument("--sampler", default="ddpm", choices=tuple(SAMPLERS), help="the chain measured, recorded at every "
+                   "time it visits (default: ddpm over every timestep; see `diffprop sample --help`)")
+    m.add_argument("--steps", type=_positive(int), help="the sampler's number of steps (default: its own)")
+    m.add_argument("--process", choices=tuple(PROCESSES), help="--oracle: the noise process the exact model runs on "
+                   "(default: discrete, the default config's linear schedule with T = 1000; a run knows its own)")
+    m.add_argument("--spacing", metavar="GRID", help="the sampler's time grid (default: its own): even, linspace, "
+                   "leading, trailing (discrete chain), uniform, quadratic, edm")
+    m.add_argument("--grid", default="20", help="number of step times measured (log-spaced among the times the "
+                   "chain steps from), or a comma list of them (on DDPM's full chain: timesteps in 1..T; default 20)")
     m.add_argument("--kernels", default="rbf,laplace,imq",
                    help="comma list of rbf, laplace, imq, rbf-mix; KERNEL@H fixes the bandwidth (e.g. rbf@0.1)")
     m.add_argument("--bootstrap-steps", type=_positive(int), default=5,
@@ -721,11 +733,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="performance benchmarks (JSON)",
                        description="Timings measured side by side in one run, written as JSON.")
     b.add_argument("name", help="train-overhead (trainer vs bare loop), mmd (chunked vs full-matrix MMD, "
-                   "memory), measure (full measure on digits, MMD share of the time), regularizers (step time of each "
-                   "regularizer relative to vanilla), smd (time and memory per step of each SMD variant against the plain "
-                   "backbone), metrics (FD, KID, precision/recall at 2048 dimensions against torch-fidelity's functions), "
-                   "crash (kill -9 tiny training runs at random moments and inside checkpoint writes, resume each, "
-                   "compare bit for bit with an uninterrupted run)")
+                   "memory), measure (full measure on digits, MMD share of the time, time over the chain's), "
+                   "samplers (sampling driver vs a hand-written loop; DDPM/DDIM vs diffusers' scheduler loop on one "
+                   "UNet), regularizers (step time of each regularizer relative to vanilla), smd (time and memory per "
+                   "step of each SMD variant against the plain backbone), metrics (FD, KID, precision/recall at 2048 "
+                   "dimensions against torch-fidelity's functions), crash (kill -9 tiny training runs at random "
+                   "moments and inside checkpoint writes, resume each, compare bit for bit with an uninterrupted run)")
     b.add_argument("--out", help="also write the JSON here")
     b.set_defaults(fn=cmd_bench)
     return p

@@ -40,6 +40,11 @@ def _exact(result: Propagation, kernel: str) -> dict[str, np.ndarray]:
     return {"t": result.column(kernel, "t")[1], "E": cols["cumulative_kl"] - cols["kl_floor"], **cols}
 
 
+def _number(t) -> int | float:
+    """A time for JSON: an int on the discrete chain, a float otherwise."""
+    return int(t) if float(t).is_integer() else float(t)
+
+
 def summarize(result: Propagation) -> dict:
     """Per kernel: the curve's ends, how much it grows from t = T to t = 1, and where it leaves the floor; with exact
     errors, how often 000 Prop. 4.1's bounds held. The lower bound ``D / 4 <= E`` is Pinsker's inequality when
@@ -60,7 +65,7 @@ def summarize(result: Propagation) -> dict:
                       "prop_4_1_upper_holds": int((x["E"] <= cumu + tol).sum())}
         out[k] = {"cumulative_t1": float(cumu[0]), "cumulative_tT": float(cumu[-1]), **checks,
                   "floor_t1": float(floor[0]), "points_above_floor": int(above.sum()), "points": len(t),
-                  "largest_t_above_floor": int(t[above].max()) if above.any() else None,
+                  "largest_t_above_floor": _number(t[above].max()) if above.any() else None,
                   "median_amplification": float(np.nanmedian(mu)) if np.isfinite(mu).any() else None}
     return out
 
@@ -76,6 +81,13 @@ def summarize_exact(result: Propagation) -> dict | None:
     if not result.rows or "cumulative_kl" not in result.rows[0]:
         return None
     x = _exact(result, result.kernels[0])
+    if not np.isfinite(x["modular_kl_sum"]).any():  # a chain whose steps have no exact modular KL: E_t only
+        v = {"t1": _number(x["t"][0]), "E_1": float(x["E"][0]), "E_1_se": float(x["cumulative_kl_se"][0]),
+             "kl_T": float(x["kl_T"][0]), "points": 0, "bound_verdict": "undefined", "theorem_3_1_verdict": "undefined",
+             "noise_z": NOISE_Z, "reason": result.meta.get("modular_kl")}
+        v["verdict"] = (f"E_{v['t1']}^cumu = {v['E_1']:.3g} +- {v['E_1_se']:.2g} nats (exact KL at the end of the "
+                        f"chain, kNN floor removed); KL(p_T || q_T) = {v['kl_T']:.3g}. No summed bound: {v['reason']}.")
+        return v
     noise = np.sqrt(x["cumulative_kl_se"] ** 2 + x["propagation_bound_se"] ** 2)
     finite = np.isfinite(x["propagation_bound"])
     e, bound, total = x["E"][finite], x["propagation_bound"][finite], x["modular_kl_sum"][finite]
@@ -141,7 +153,7 @@ def write_measure(result: Propagation, out: Path, meta: dict, *, reference: Prop
     plot_propagation(result, out / "propagation.png", reference=reference, title=meta.get("model", ""))
     clean = {k: v for k, v in (settings or {}).items() if k not in ("oracle", "progress")}
     summary = {**meta, "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in clean.items()},
-               "kernels": summarize(result), "exact": summarize_exact(result),
+               "chain": result.meta, "kernels": summarize(result), "exact": summarize_exact(result),
                "reference": summarize(reference) if reference is not None else None}
     text = json.dumps(summary, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
     (out / "summary.json").write_text(text)

@@ -10,11 +10,13 @@ from .measure_bench import measure_bench
 from .metrics_bench import metrics_bench
 from .mmd_bench import mmd_bench
 from .regularizers import regularizers_bench
+from .samplers_bench import samplers_bench
 from .smd import smd_bench
 from .train_overhead import train_overhead
 
 BENCHMARKS = {"train-overhead": train_overhead, "mmd": mmd_bench, "measure": measure_bench,
-              "regularizers": regularizers_bench, "smd": smd_bench, "crash": crash_bench, "metrics": metrics_bench}
+              "regularizers": regularizers_bench, "smd": smd_bench, "crash": crash_bench, "metrics": metrics_bench,
+              "samplers": samplers_bench}
 
 
 def run_benchmark(name: str) -> dict:

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import DiffpropError
 from ..oracle import OracleDenoiser
-from ..process import VAR_TYPES, p_step, q_sample
+from ..process import VAR_TYPES, p_step
 from .entropy import knn_entropy
 
 KNN_K = 10  # neighbours of the floor-corrected estimate: its floor removes the larger bias, and its noise is about
@@ -30,13 +30,13 @@ KNN_K = 10  # neighbours of the floor-corrected estimate: its floor removes the 
 FLOORS = 8  # fresh exact sample sets per floor
 
 
-def forward_samples(oracle: OracleDenoiser, t: int, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``num`` exact, independent draws of ``q(x_t)`` (000 Eq. 1), float64 on the CPU: ``x_0`` fresh from the
-    mixture, so no two coincide (a pool drawn with replacement holds duplicates, which the kNN estimator reads as
-    concentration)."""
+def forward_samples(oracle: OracleDenoiser, t, num: int,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """``num`` exact, independent draws of ``q(x_t)`` (000 Eq. 1; ``x_t = alpha(t) x_0 + sigma(t) eps`` under the
+    oracle's process, at any time), float64 on the CPU: ``x_0`` fresh from the mixture, so no two coincide (a pool
+    drawn with replacement holds duplicates, which the kNN estimator reads as concentration)."""
     x0 = oracle.mixture.sample(num, generator)
-    return q_sample(oracle.schedule, x0, torch.tensor(int(t)), torch.randn(x0.shape, generator=generator,
-                                                                            dtype=torch.float64))
+    return oracle.process.marginal(x0, t, torch.randn(x0.shape, generator=generator, dtype=torch.float64))
 
 
 @torch.no_grad()
@@ -98,13 +98,13 @@ def modular_error(denoiser, oracle: OracleDenoiser, t: int, num: int = 1000, var
 def cumulative_kl(samples_t: torch.Tensor, oracle: OracleDenoiser, t: int, k: int = 3) -> float:
     """``KL(p_t || q(x_t)) = -H(p_t) - E_{p_t}[log q(x_t)]`` for samples ``samples_t`` (N, D) of ``p_t``.
 
-    ``H`` is the Kozachenko-Leonenko estimate, ``log q`` exact. 000 Def. 3.2 (Eq. 10) indexes by the module:
+    ``H`` is the Kozachenko-Leonenko estimate, ``log q`` exact (at any time of the oracle's process). 000 Def. 3.2 (Eq. 10) indexes by the module:
     ``E_t^cumu = KL(p_theta(x_{t-1}) || q(x_{t-1}))`` is ``cumulative_kl(states at t - 1, oracle, t - 1)``
     (``t = 0`` is the data density). On exact samples of ``q`` in 2-D the estimate has a standard deviation
     of about 0.01 nats at N = 5000 and a positive bias where modes are sharp and sparsely sampled (gmm-grid,
     t <= 10: +0.05 at N = 5000, +0.025 at N = 20000; ~0 at t >= 100); it can be slightly negative.
     """
-    return -knn_entropy(samples_t, k) - float(oracle.log_prob(samples_t, int(t)).mean())
+    return -knn_entropy(samples_t, k) - float(oracle.log_prob(samples_t, t).mean())
 
 
 class KLEstimate(NamedTuple):
