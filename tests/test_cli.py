@@ -93,7 +93,9 @@ def test_csv_samples_come_back_in_data_units(tmp_path, capsys):
     assert json.loads((tmp_path / "run/data.json").read_text())["scaler"]["columns"] == ["price", "temp"]
     run(["sample", tmp_path / "run", "--num", 200, "--steps", 20, "--out", tmp_path / "s.npz"], capsys)
     x = np.load(tmp_path / "s.npz")["samples"]
-    assert abs(np.median(x[:, 0]) - 1000) < 30 and abs(np.median(x[:, 1]) + 5) < 0.3
+    # 30 training steps leave samples ~100 data std wide (medians 1008-1135 over seeds), while standardized units
+    # would sit near 0: the medians say which units came back
+    assert abs(np.median(x[:, 0]) - 1000) < 200 and abs(np.median(x[:, 1]) + 5) < 0.5
 
 
 def test_demo_quick(tmp_path, capsys):

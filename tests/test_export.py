@@ -67,8 +67,8 @@ def test_exported_pipeline_samples_as_diffprop_does(unet_run, tmp_path, capsys):
                                                                                        True, 1.0)
     ref = pipe(batch_size=N, generator=torch.Generator().manual_seed(SEED), num_inference_steps=T,
                output_type="np").images
-    code = main(["sample", str(unet_run), "--num", str(N), "--seed", str(SEED), "--sampler", "ddpm",
-                 "--out", str(tmp_path / "s.npz")])
+    code = main(["sample", str(unet_run), "--num", str(N), "--seed", str(SEED), "--sampler", "ddpm", "--noise", "stream",
+                 "--out", str(tmp_path / "s.npz")])  # the pipeline's single generator stream
     assert code == 0, capsys.readouterr().err
     x = np.load(tmp_path / "s.npz")["samples"]
     np.testing.assert_allclose(np.clip(x / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1), ref, rtol=0, atol=2e-5)
