@@ -194,7 +194,7 @@ def propagation(denoiser, data: torch.Tensor, *, repeats: int = 1, seed: int = 0
     return out
 
 
-NOT_GAUSSIAN = {"ddim": "a DDIM step (eta = 0) is a point mass, so its KL to the posterior is infinite",
+NOT_GAUSSIAN = {"ddim": "a DDIM step is a point mass at eta = 0 (infinite KL) and no one-step posterior otherwise",
                 "euler": "an ODE step is a point mass", "heun": "an ODE step is a point mass",
                 "ode": "an ODE step is a point mass"}
 
@@ -205,9 +205,11 @@ def exact_modular_reason(sampler: str, times: list, process) -> str | None:
         return None
     why = NOT_GAUSSIAN.get(sampler) or (
         "a respaced or continuous-time DDPM step is a Gaussian against the posterior over more than one timestep"
-        if sampler == "ddpm" else f"a {sampler} step is no Gaussian move of one timestep of the discrete chain")
-    return (f"modular_kl (000 Def. 3.1) and the summed chain-rule bound are defined for the Gaussian steps of DDPM's "
-            f"full discrete chain (002 Prop. 3.1's one-step posterior); here NaN: {why}")
+        if sampler == "ddpm" else f"one {sampler} step is no Gaussian move of one timestep of the discrete chain")
+    # user-facing (summary.json, the CLI): papers by author and year; 000 Def. 3.1 against 002 Prop. 3.1
+    return (f"modular_kl (Li & van der Schaar 2024, Def. 3.1) and the summed chain-rule bound are defined for the "
+            f"Gaussian steps of DDPM's full discrete chain (against the one-step posterior of Li, van Breugel & van "
+            f"der Schaar 2024, Prop. 3.1); here NaN: {why}")
 
 
 @torch.no_grad()
