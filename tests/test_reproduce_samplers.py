@@ -41,3 +41,8 @@ def test_tiny_run_writes_every_sampler_and_model(tmp_path):
     text = (out / "report.md").read_text()
     assert "quality_vs_nfe.png" in text and (out / "quality_vs_nfe.png").stat().st_size > 10_000
     assert "**Reproduces?**" in text
+    # the error curves of the chains: the exact oracle's DDIM chain (deterministic, 20 steps) stays near q_t
+    assert "error_curves.png" in text and (out / "error_curves.png").stat().st_size > 10_000
+    curve_rows = [line.split("|")[1:-1] for line in text.splitlines() if line.count("|") == 7]
+    ddim = next(r for r in curve_rows if [c.strip() for c in r[:3]] == ["oracle", "ddim", "20"])
+    assert abs(float(ddim[3])) < 1.0  # E at t_min, in nats

@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..diagnostics.entropy import knn_entropy
+from ..diagnostics.propagation import propagation
 from ..metrics.toy import mixture_metrics
 from ..oracle import OracleDenoiser
 from ..plots import _save, plt
@@ -31,6 +32,8 @@ MINUTES = {"tiny": 0.5, "small": 20}
 NFES = {"tiny": (10,), "small": (5, 10, 20, 50, 100, 1000)}
 RTOLS = {"tiny": (1e-2,), "small": (1e-1, 1e-2, 1e-3, 1e-5)}  # the adaptive ODE's NFE is set by its tolerance
 CURVE_NFE = 20  # each sampler's error curve at (about) this many evaluations
+CURVE_CHAINS = {"tiny": {"oracle": ("ddim", "heun")}, "small": {"oracle": tuple(SAMPLERS), "trained": tuple(SAMPLERS)}}
+CURVE_KERNEL = "rbf@0.1"  # the mode scale of gmm-grid (the median bandwidth, ~3, is blind inside a mode)
 COLUMNS = ("nfe", "kl_estimate", "high_quality_fraction", "mode_coverage", "mode_weights_pvalue",
            "within_mode_std_ratio", "log_likelihood")
 
@@ -69,6 +72,45 @@ def models(study, run_dir: str) -> dict:
     mix = study.dataset.mixture
     return {"oracle": OracleDenoiser(mix, trained.schedule), "trained": trained,
             "oracle-edm": OracleDenoiser(mix, build_process("edm", data=study.dataset.x))}
+
+
+def chain_curves(study, zoo: dict, chains: dict, progress: bool) -> dict:
+    """Each sampler's error-propagation profile at about ``CURVE_NFE`` evaluations (the adaptive ODE at rtol 1e-2),
+    for the models and samplers in ``chains``: cumulative MMD at the mode scale and the exact KL ``E_t`` (kNN floor
+    removed) at every time the chain visits."""
+    out = {}
+    todo = [(m, s) for m, samplers in chains.items() for s in samplers]
+    for m, sampler in tqdm(todo, desc="samplers: curves", unit="chain", disable=not progress):
+        den = zoo[m]
+        st = {"steps": 2, "sampler_options": {"rtol": 1e-2, "atol": 1e-2}} if sampler == "ode" else \
+            {"steps": steps_for(sampler, CURVE_NFE) or steps_for(sampler, CURVE_NFE - 1)}
+        res = propagation(den, study.dataset.x, num=study.scale.num, kernels=(CURVE_KERNEL,), sampler=sampler,
+                          num_permutations=study.scale.permutations, seed=0, device=study.device,
+                          batch_size=common.SAMPLE_BATCH, progress=False, oracle=zoo["oracle"], **st)
+        t, cumu = res.column(CURVE_KERNEL, "cumulative")
+        _, floor = res.column(CURVE_KERNEL, "floor")
+        _, kl = res.column(CURVE_KERNEL, "cumulative_kl")
+        _, kl_floor = res.column(CURVE_KERNEL, "kl_floor")
+        out[m, sampler] = {"t": t, "mmd": cumu, "floor": floor, "E": kl - kl_floor, "nfe": res.meta.get("nfe")}
+    return out
+
+
+def plot_curves(curves: dict, T: int, out: Path) -> Path:
+    """The exact cumulative error ``E_t`` along each sampler's chain (about the same NFE), one panel per model."""
+    names = list(dict.fromkeys(m for m, _ in curves))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False, sharey=True)
+    for ax, m in zip(axes[0], names):
+        for i, sampler in enumerate(SAMPLERS):
+            c = curves.get((m, sampler))
+            if c is not None:
+                ax.plot(c["t"], c["E"], "o-", ms=3, color=f"C{i}", label=f"{sampler} ({c['nfe']} NFE)")
+        ax.set(xscale="log", yscale="symlog", xlim=(T * 1.2, 0.8), xlabel="t (the chain runs from T to 1, left to "
+               "right)", title=m)
+        ax.axhline(0, color="0.6", lw=0.8)
+    axes[0, 0].set(ylabel="E_t: exact KL(chain || q_t), nats")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"cumulative error along each sampler's chain, about {CURVE_NFE} NFE")
+    return _save(fig, out)
 
 
 def plot_quality(rows: list[dict], out: Path) -> Path:
@@ -143,14 +185,29 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     study.out.mkdir(parents=True, exist_ok=True)
     table = write_rows(study.out, rows)
     fig = plot_quality(rows, study.out / "quality_vs_nfe.png")
+    curves = chain_curves(study, zoo, CURVE_CHAINS[scale], progress)
+    curve_fig = plot_curves(curves, T, study.out / "error_curves.png")
+    table += "\n" + curve_table(curves)
     setup = (f"`gmm-grid` (49 modes of std 0.05); models: the exact oracle on a linear-beta chain of T = {T} "
              f"(`oracle`), a DDPM trained on it ({study.describe(scored=False)[:-1]}; `trained`), and the exact "
              f"oracle under the EDM process (`oracle-edm`, sigma in [0.002, 80]); {study.scale.samples} samples per "
              f"setting, seed 20000; each sampler at its default time grid (see `diffprop sample --help`); Heun at "
              f"odd NFE, predictor-corrector at even NFE, the adaptive RK45 ODE at rtol = atol in "
              f"{list(RTOLS[scale])}.")
-    return write_report(study.out, study.title, CLAIM, setup, table, {fig.name: "quality against NFE"},
+    return write_report(study.out, study.title, CLAIM, setup, table, {fig.name: "quality against NFE",
+                                                                      curve_fig.name: "error along each chain"},
                         verdict(rows, T))
+
+
+def curve_table(curves: dict) -> str:
+    """Per chain: NFE, the exact cumulative error at its last noisy time and its largest, and how many of its times
+    the mode-scale MMD lies above its permutation noise floor."""
+    md = ("| model | sampler | NFE | E at t_min (nats) | largest E (nats) | MMD above floor |\n"
+          "|---|---|---|---|---|---|\n")
+    for (m, s), c in curves.items():
+        md += (f"| {m} | {s} | {c['nfe']} | {c['E'][0]:.3g} | {max(c['E']):.3g} | "
+               f"{int((c['mmd'] > c['floor']).sum())}/{len(c['t'])} |\n")
+    return md
 
 
 def write_rows(out: Path, rows: list[dict]) -> str:
