@@ -256,3 +256,20 @@ def test_one_component_mixture_is_gaussian_under_every_process():
         v = p.alpha2(t) * 0.09 + p.sigma2(t)
         d2 = (x - p.alpha(t) * g.means).pow(2).sum(1)
         torch.testing.assert_close(o.log_prob(x, t), -0.5 * d2 / v - math.log(2 * math.pi * v))
+
+
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_a_one_step_grid_starts_at_t_max(name):
+    p = PROCESSES[name]
+    for kind in ("uniform", "quadratic", "edm"):
+        assert p.grid(1, kind).tolist() == pytest.approx([p.t_max, 0.0], rel=1e-12)
+
+
+def test_ddim_step_on_per_sample_times_adds_no_noise_where_the_chain_ends():
+    o = OracleDenoiser(GRID, LIN)
+    x = torch.randn(4, 2, dtype=F64)
+    t, s = torch.tensor([5, 5, 9, 9]), torch.tensor([0, 3, 0, 3])
+    out = ddim_step(o, x, t, s, torch.Generator().manual_seed(0), eta=1.0)
+    torch.testing.assert_close(out[[0, 2]], o.x0(x, t)[[0, 2]])  # to t = 0: the denoised sample
+    mean = ddim_step(o, x, t, s, eta=0.0)
+    assert not torch.allclose(out[[1, 3]], mean[[1, 3]])  # elsewhere eta = 1 adds noise

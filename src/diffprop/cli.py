@@ -394,7 +394,6 @@ def cmd_likelihood(args) -> None:
     from .data.toy import TOY_NAMES
     from .diagnostics.likelihood import mean_se, ode_likelihood, pixel_levels
     from .oracle import OracleDenoiser
-    from .processes import build_process
 
     if args.process and not args.oracle:
         raise DiffpropError("--process applies to --oracle (a run's process is the one it was trained with)")
@@ -416,10 +415,6 @@ def cmd_likelihood(args) -> None:
     if list(ds.data_shape) != list(shape):
         raise DiffpropError(f"--dataset {dataset}: data of shape {tuple(ds.data_shape)} but the model expects "
                             f"{tuple(shape)}")
-    if args.process and denoiser.process.name != args.process:  # as `sample --process`: VE, EDM fit to 2000 points
-        fit = load_dataset(args.oracle, num_samples=2000).x
-        proc = build_process(args.process, schedule=denoiser.schedule, data=fit)
-        denoiser = OracleDenoiser(ds.mixture, proc, denoiser.eps_scale, denoiser.eps_bias)
     gen = torch.Generator().manual_seed(args.seed)
     x = ds.x
     if len(x) > args.num:  # a fixed set (images, files): num of its items at random

@@ -66,8 +66,8 @@ class DiffusionConfig:
                       "ve-sde (Song et al. 2021, score SDE), edm (Karras et al. 2022)", choices=tuple(PROCESSES))
     beta_min: float | None = _f(None, "vp-sde, subvp-sde: beta(0) (absent: 0.1)", gt=0.0)
     beta_max: float | None = _f(None, "vp-sde, subvp-sde: beta(1) (absent: 20)", gt=0.0)
-    sigma_min: float | None = _f(None, "ve-sde: sigma(0) (absent: 0.01); edm: the smallest sigma (absent: 0.002)",
-                                 gt=0.0)
+    sigma_min: float | None = _f(None, "ve-sde: sigma as t -> 0 (absent: 0.01); edm: the smallest sigma (absent: "
+                                 "0.002)", gt=0.0)
     sigma_max: float | None = _f(None, "ve-sde: sigma(1) (absent: the data's largest pairwise distance, Song & Ermon "
                                  "2020); edm: the largest sigma (absent: 80)", gt=0.0)
     sigma_data: float | None = _f(None, "edm: the data's std in its preconditioning (absent: the training data's)",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .errors import DiffpropError
@@ -114,7 +113,8 @@ class Process:
         """``n`` noisy times (default ``default_steps``), decreasing from ``t_max`` to ``t_min``, then 0 (float64,
         length ``n + 1``); ``kind`` defaults to ``default_grid``.
 
-        ``uniform`` in t; ``quadratic`` in ``sqrt(t)`` (the DDIM paper's ``quad``, Song et al. 2021); ``edm`` uniform in
+        ``uniform`` in t; ``quadratic`` uniform in ``sqrt(t)`` (as the DDIM paper's ``quad`` skip on its integer steps,
+        Song et al. 2021, but on ``[t_min, t_max]``); ``edm`` uniform in
         ``sigma^(1/rho)`` with rho = 7 (Karras et al. 2022 Eq. 5), mapped back to times through the log-SNR."""
         n, kind = self.default_steps if n is None else n, kind or self.default_grid
         if n < 1:
@@ -131,7 +131,7 @@ class Process:
             r_hi, r_lo = (float(torch.exp(-self.log_snr(_t(v)) / 2)) ** (1 / EDM_RHO) for v in (hi, lo))
             ratio = (r_hi + u * (r_lo - r_hi)) ** EDM_RHO
             ts = self.time_at_log_snr(-2 * torch.log(ratio))
-            ts[0], ts[-1] = hi, lo
+            ts[-1], ts[0] = lo, hi  # exact ends (one step: t_max)
         else:
             raise DiffpropError(f"unknown time grid {kind!r} for the {self.name} process; allowed: "
                                 f"{', '.join(self.grid_kinds())}")

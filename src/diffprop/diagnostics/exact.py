@@ -98,7 +98,8 @@ def modular_error(denoiser, oracle: OracleDenoiser, t: int, num: int = 1000, var
 def cumulative_kl(samples_t: torch.Tensor, oracle: OracleDenoiser, t: int, k: int = 3) -> float:
     """``KL(p_t || q(x_t)) = -H(p_t) - E_{p_t}[log q(x_t)]`` for samples ``samples_t`` (N, D) of ``p_t``.
 
-    ``H`` is the Kozachenko-Leonenko estimate, ``log q`` exact (at any time of the oracle's process). 000 Def. 3.2 (Eq. 10) indexes by the module:
+    ``H`` is the Kozachenko-Leonenko estimate, ``log q`` exact (at any time of the oracle's process). 000 Def. 3.2
+    (Eq. 10) indexes by the module:
     ``E_t^cumu = KL(p_theta(x_{t-1}) || q(x_{t-1}))`` is ``cumulative_kl(states at t - 1, oracle, t - 1)``
     (``t = 0`` is the data density). On exact samples of ``q`` in 2-D the estimate has a standard deviation
     of about 0.01 nats at N = 5000 and a positive bias where modes are sharp and sparsely sampled (gmm-grid,

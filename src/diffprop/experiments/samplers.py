@@ -1,8 +1,7 @@
 """``samplers``: every registered sampler at a range of network evaluations (NFE) on gmm-grid, for the exact oracle
 (on the trained model's discrete chain, and under the EDM process) and for a trained DDPM: sample quality against
-NFE, and the error-propagation curve of each sampler's chain at one NFE. The sampler part of Song et al. (2021, score
-SDE)
-Sec. 4-5 and Karras et al. (2022) Sec. 3 made measurable."""
+NFE, and the error-propagation curve of each sampler's chain at one NFE. The sampler part of Song et al. (2021,
+score SDE) Sec. 4-5 and Karras et al. (2022) Sec. 3 made measurable."""
 from __future__ import annotations
 
 import math
@@ -23,11 +22,11 @@ from . import common
 from .tables import write_report
 
 CLAIM = ("Song et al. (2021, score SDE), Karras et al. (2022): a second-order probability-flow ODE solver (Heun, "
-         "EDM time "
-         "grid) reaches the quality of 1000-step ancestral sampling with <= 50 network evaluations")
+         "EDM time grid) reaches the quality of 1000-step ancestral sampling with <= 50 network evaluations")
 SCALES = {"tiny": replace(common.SCALES["tiny"], data="gmm-grid", steps=300, samples=256, num=128),
           "small": replace(common.SCALES["small"], data="gmm-grid", steps=12000, seeds=1, samples=2000, num=1000,
-                           permutations=20, train=("train.batch_size=256", "train.lr=2e-3", "train.lr_schedule=cosine"))}
+                           permutations=20,
+                           train=("train.batch_size=256", "train.lr=2e-3", "train.lr_schedule=cosine"))}
 MINUTES = {"tiny": 0.5, "small": 20}
 NFES = {"tiny": (10,), "small": (5, 10, 20, 50, 100, 1000)}
 RTOLS = {"tiny": (1e-2,), "small": (1e-1, 1e-2, 1e-3, 1e-5)}  # the adaptive ODE's NFE is set by its tolerance
@@ -104,8 +103,8 @@ def plot_curves(curves: dict, T: int, out: Path) -> Path:
             c = curves.get((m, sampler))
             if c is not None:
                 ax.plot(c["t"], c["E"], "o-", ms=3, color=f"C{i}", label=f"{sampler} ({c['nfe']} NFE)")
-        ax.set(xscale="log", yscale="symlog", xlim=(T * 1.2, 0.8), xlabel="t (the chain runs from T to 1, left to "
-               "right)", title=m)
+        ax.set(xscale="log", yscale="symlog", xlim=(T * 1.2, 0.8), xlabel="t of each step (its E is at the time it "
+               "steps to; T to 1, left to right)", title=m)
         ax.axhline(0, color="0.6", lw=0.8)
     axes[0, 0].set(ylabel="E_t: exact KL(chain || q_t), nats")
     axes[0, 0].legend(fontsize=7)
@@ -200,9 +199,9 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
 
 
 def curve_table(curves: dict) -> str:
-    """Per chain: NFE, the exact cumulative error at its last noisy time and its largest, and how many of its times
+    """Per chain: NFE, the exact cumulative error of its output (at t = 0) and its largest, and how many of its times
     the mode-scale MMD lies above its permutation noise floor."""
-    md = ("| model | sampler | NFE | E at t_min (nats) | largest E (nats) | MMD above floor |\n"
+    md = ("| model | sampler | NFE | E at t = 0, the samples (nats) | largest E (nats) | MMD above floor |\n"
           "|---|---|---|---|---|---|\n")
     for (m, s), c in curves.items():
         md += (f"| {m} | {s} | {c['nfe']} | {c['E'][0]:.3g} | {max(c['E']):.3g} | "

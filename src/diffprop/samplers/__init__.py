@@ -84,7 +84,7 @@ SAMPLERS = {
     "ddpm": Sampler(ddpm_step, DDPMOptions, None, None, "DDPM ancestral (Ho et al. 2020; respaced below T steps)"),
     "ddim": Sampler(ddim_step, DDIMOptions, 50, {"discrete": "quadratic", "ve-sde": "edm", "edm": "edm",
                                                   "*": "quadratic"},
-                    "DDIM (Song et al. 2021), eta = 0 deterministic; quadratic grid (theirs), EDM's on VE"),
+                    "DDIM (Song et al. 2021), eta = 0 deterministic; quadratic grid, EDM's on VE and EDM"),
     "em": Sampler(em_step, NoOptions, None, None, "Euler-Maruyama on the reverse SDE (Song et al. 2021)"),
     "pc": Sampler(pc_step, PCOptions, None, None, "reverse-diffusion predictor + Langevin corrector "
                   "(Song et al. 2021)"),
@@ -142,7 +142,8 @@ def sample(denoiser, num: int, shape: tuple[int, ...], *, sampler: str = "ddpm",
     ``noise="sample"`` (default): sample ``i`` depends only on ``seed`` and ``i`` (:class:`~diffprop.noise.SampleNoise`;
     batches are rounded up to a multiple of its block). ``noise="stream"``: one generator in batch order, as
     diffusers' pipelines draw (a sample then depends on the batch size too). ``spacing``: the time grid
-    (:meth:`~diffprop.processes.Process.grid`; default: the sampler's, else the process's). ``nfe`` is per sample."""
+    (:meth:`~diffprop.processes.Process.grid`; default: the sampler's, else the process's). ``nfe`` is per sample
+    (the adaptive ODE's: its mean over batches, rounded)."""
     step = make_step(sampler, steps, **options)
     if num < 1:
         raise DiffpropError(f"number of samples must be >= 1, got {num}")
@@ -163,10 +164,10 @@ def sample(denoiser, num: int, shape: tuple[int, ...], *, sampler: str = "ddpm",
         out = sample_from(denoiser, denoiser.process.prior(z), times, step, generator=gen, record=record,
                           callback=callback, progress=label if progress else False)
         xs.append(out.x)
-        nfe = out.nfe
+        nfe += out.nfe * b  # the adaptive ODE's count differs by batch: its mean over samples
         for t, s in out.states.items():
             states.setdefault(t, []).append(s)
-    return SamplerOutput(torch.cat(xs), {t: torch.cat(v) for t, v in states.items()}, nfe)
+    return SamplerOutput(torch.cat(xs), {t: torch.cat(v) for t, v in states.items()}, round(nfe / num))
 
 
 __all__ = ["SAMPLERS", "Sampler", "SamplerOutput", "ddim", "ddim_step", "ddpm", "ddpm_step", "em_step",

@@ -1,6 +1,9 @@
 """DDIM sampling (Song et al. 2021, DDIM, Eq. 12) on any grid of times of any process, with stochasticity ``eta``."""
 from __future__ import annotations
 
+import torch
+
+from ..processes import at
 from .base import SamplerOutput, noise_like, time_arg
 from .driver import sample_from
 
@@ -24,11 +27,15 @@ def ddim_step(denoiser, x, t, t_prev, generator=None, eta: float = 0.0, clip_x0=
         x0 = x0.clamp(-clip, clip)
         if clipped_eps:
             eps = (x - a.sqrt() * x0) / s2.sqrt()
+    # sigma_{t|prev}^2 in x's dtype (process.transition_var is float64): the discrete chain's exact arithmetic
     transition = 1 - a / a_prev if proc.vp else s2 - a / a_prev * s2_prev
     sigma = eta * (s2_prev / s2 * transition).sqrt()
     x = a_prev.sqrt() * x0 + (s2_prev - sigma**2).clamp(min=0).sqrt() * eps
-    if eta > 0 and t_prev > 0:
-        x = x + sigma * noise_like(x, generator)
+    if eta > 0 and bool((torch.as_tensor(t_prev) > 0).any()):
+        noise = noise_like(x, generator)
+        if torch.is_tensor(t_prev) and t_prev.ndim:  # per-sample times: no noise where the chain reaches the data
+            noise = noise * at((t_prev > 0).double(), x)
+        x = x + sigma * noise
     return x
 
 

@@ -23,7 +23,7 @@ def sample_from(denoiser, x: torch.Tensor, times, step, *, generator=None, recor
                 progress: bool | str = False) -> SamplerOutput:
     """Walk ``x`` (a state at ``times[0]``) through ``times`` (decreasing, ending at 0) with
     ``x = step(denoiser, x, t, t_next, generator)``. ``states`` holds ``x`` at each visited time in ``record``
-    (keyed by :func:`key`); ``callback(i, t, x)`` runs after each step. ``nfe``: denoiser calls per sample."""
+    (keyed by :func:`key`); ``callback(i, t_next, x)`` runs after step ``i``. ``nfe``: denoiser calls per sample."""
     ts = as_times(times)
     want = {key(t) for t in record}
     states: dict = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..noise import BLOCK
-from ..processes import at
+from ..processes import _t, at
 from .base import denoised, noise_like, time_arg
 
 
@@ -31,8 +31,9 @@ def reverse_diffusion_step(denoiser, x, t, t_next, generator=None):
     if t_next == 0:
         return denoised(denoiser, x, t, generator)
     proc = denoiser.process
-    a = at((proc.alpha2(torch.tensor(float(t))) / proc.alpha2(torch.tensor(float(t_next)))).sqrt(), x)
-    G2 = at(proc.transition_var(torch.tensor(float(t)), torch.tensor(float(t_next))), x)
+    tt, tn = _t(float(t)), _t(float(t_next))
+    a = at((proc.alpha2(tt) / proc.alpha2(tn)).sqrt(), x)
+    G2 = at(proc.transition_var(tt, tn), x)
     score = denoiser.score(x, time_arg(t, x), generator)
     return (2 - a) * x + G2 * score + G2.sqrt() * noise_like(x, generator)
 
@@ -45,7 +46,7 @@ def langevin_step(denoiser, x, t, t_next, generator=None, snr: float = 0.16, ste
     norms make ``e`` explode where its score vanishes, at a mode's centre), which would make a sample depend on
     its batch; :func:`~diffprop.samplers.sample` aligns batches to these groups."""
     proc = denoiser.process
-    a = float(proc.alpha2(torch.tensor(float(t))) / proc.alpha2(torch.tensor(float(max(t_next, 0)))))
+    a = float(proc.alpha2(_t(float(t))) / proc.alpha2(_t(float(t_next))))
     for _ in range(steps):
         score = denoiser.score(x, time_arg(t, x), generator)
         z = noise_like(x, generator)
