@@ -13,6 +13,7 @@ import torch
 from .diagnostics.mmd import KERNELS
 from .diagnostics.propagation import Propagation, parse_kernel, propagation
 from .plots import plot_propagation
+from .samplers.driver import key
 
 CSV_COLUMNS = ("t", "kernel", "cumulative", "modular", "amplification", "bootstrapped", "floor", "p_value",
                "delta", "eps_norm_chain", "eps_norm_forward")
@@ -40,11 +41,6 @@ def _exact(result: Propagation, kernel: str) -> dict[str, np.ndarray]:
     return {"t": result.column(kernel, "t")[1], "E": cols["cumulative_kl"] - cols["kl_floor"], **cols}
 
 
-def _number(t) -> int | float:
-    """A time for JSON: an int on the discrete chain, a float otherwise."""
-    return int(t) if float(t).is_integer() else float(t)
-
-
 def summarize(result: Propagation) -> dict:
     """Per kernel: the curve's ends, how much it grows from t = T to t = 1, and where it leaves the floor; with exact
     errors, how often 000 Prop. 4.1's bounds held. The lower bound ``D / 4 <= E`` is Pinsker's inequality when
@@ -65,7 +61,7 @@ def summarize(result: Propagation) -> dict:
                       "prop_4_1_upper_holds": int((x["E"] <= cumu + tol).sum())}
         out[k] = {"cumulative_t1": float(cumu[0]), "cumulative_tT": float(cumu[-1]), **checks,
                   "floor_t1": float(floor[0]), "points_above_floor": int(above.sum()), "points": len(t),
-                  "largest_t_above_floor": _number(t[above].max()) if above.any() else None,
+                  "largest_t_above_floor": key(t[above].max()) if above.any() else None,
                   "median_amplification": float(np.nanmedian(mu)) if np.isfinite(mu).any() else None}
     return out
 
@@ -82,7 +78,7 @@ def summarize_exact(result: Propagation) -> dict | None:
         return None
     x = _exact(result, result.kernels[0])
     if not np.isfinite(x["modular_kl_sum"]).any():  # a chain whose steps have no exact modular KL: E_t only
-        v = {"t1": _number(x["t"][0]), "E_1": float(x["E"][0]), "E_1_se": float(x["cumulative_kl_se"][0]),
+        v = {"t1": key(x["t"][0]), "E_1": float(x["E"][0]), "E_1_se": float(x["cumulative_kl_se"][0]),
              "kl_T": float(x["kl_T"][0]), "points": 0, "bound_verdict": "undefined", "theorem_3_1_verdict": "undefined",
              "noise_z": NOISE_Z, "reason": result.meta.get("modular_kl")}
         v["verdict"] = (f"E_{v['t1']}^cumu = {v['E_1']:.3g} +- {v['E_1_se']:.2g} nats (exact KL at the end of the "

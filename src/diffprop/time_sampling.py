@@ -50,14 +50,18 @@ def _sigma_range(process: Process) -> tuple[float, float]:
     return lo, hi
 
 
+def _continuous_time(process_name: str) -> DiffpropError:
+    return DiffpropError(f"time sampler uniform-int draws the discrete chain's integer timesteps; the {process_name} "
+                         f"process has continuous time (use uniform, log-normal or log-uniform)")
+
+
 @dataclass
 class UniformInt:
     """``t ~ U{1..T}``: the discrete chain's integer timesteps (Ho et al. 2020 Alg. 1 line 3)."""
 
     def __call__(self, process: Process, n: int, generator: torch.Generator, device) -> torch.Tensor:
         if not isinstance(process, DiscreteVP):
-            raise DiffpropError(f"time sampler uniform-int draws the discrete chain's integer timesteps; the "
-                                f"{process.name} process has continuous time (use uniform, log-normal or log-uniform)")
+            raise _continuous_time(process.name)
         return torch.randint(1, process.T + 1, (n,), generator=generator, device=device)
 
 
@@ -126,8 +130,7 @@ def build_time_sampler(name: str | None = None, process_name: str = "discrete", 
         raise DiffpropError(f"time sampler {name}: unknown option(s) {', '.join(bad)}; allowed: "
                             f"{', '.join(sorted(fields)) or 'none'}")
     if name == "uniform-int" and process_name != "discrete":
-        raise DiffpropError(f"time sampler uniform-int draws the discrete chain's integer timesteps; the "
-                            f"{process_name} process has continuous time (use uniform, log-normal or log-uniform)")
+        raise _continuous_time(process_name)
     return cls(**options)
 
 

@@ -77,14 +77,10 @@ def parse_kernel(spec: str) -> tuple[str, str | float]:
     return name, h
 
 
-def _number(v: float) -> int | float:
-    return int(v) if float(v).is_integer() else float(v)
-
-
 def parse_grid(spec: str, times) -> list:
     """``"20"`` (that many log-spaced points among ``times``) or ``"1,10,100"`` (explicit times), where ``times`` are
     the times a chain steps from (:func:`step_times`; on the full discrete chain, the modules 1..T)."""
-    times = sorted(_number(t) for t in times)
+    times = sorted(key(t) for t in times)
     try:
         values = [float(v) for v in spec.split(",") if v.strip()]
     except ValueError:
@@ -96,12 +92,12 @@ def parse_grid(spec: str, times) -> list:
     if not values:
         raise DiffpropError(f"--grid {spec!r}: expected a number of points or a comma list of timesteps")
     if times == list(range(1, len(times) + 1)):  # every module of a discrete chain
-        bad = [_number(v) for v in values if not (v.is_integer() and 1 <= v <= len(times))]
+        bad = [key(v) for v in values if not (v.is_integer() and 1 <= v <= len(times))]
         if bad:
             raise DiffpropError(f"--grid {spec!r}: timesteps must lie in 1..{len(times)} (the model's T), got {bad}")
         return sorted({int(v) for v in values})
     picked = [match_time(v, times) for v in values]
-    bad = [_number(v) for v, m in zip(values, picked) if m is None]
+    bad = [key(v) for v, m in zip(values, picked) if m is None]
     if bad:
         shown = ", ".join(f"{t:.6g}" for t in times[:12]) + (", ..." if len(times) > 12 else "")
         raise DiffpropError(f"--grid {spec!r}: {bad} are not times this chain steps from ({len(times)} times: "

@@ -82,8 +82,7 @@ class Sampler:
 
 SAMPLERS = {
     "ddpm": Sampler(ddpm_step, DDPMOptions, None, None, "DDPM ancestral (Ho et al. 2020; respaced below T steps)"),
-    "ddim": Sampler(ddim_step, DDIMOptions, 50, {"discrete": "quadratic", "ve-sde": "edm", "edm": "edm",
-                                                  "*": "quadratic"},
+    "ddim": Sampler(ddim_step, DDIMOptions, 50, {"ve-sde": "edm", "edm": "edm", "*": "quadratic"},
                     "DDIM (Song et al. 2021), eta = 0 deterministic; quadratic grid, EDM's on VE and EDM"),
     "em": Sampler(em_step, NoOptions, None, None, "Euler-Maruyama on the reverse SDE (Song et al. 2021)"),
     "pc": Sampler(pc_step, PCOptions, None, None, "reverse-diffusion predictor + Langevin corrector "

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..noise import randn_like
+from ..noise import randn_like as noise_like  # noqa: F401 (the steps' name for it)
 
 
 class SamplerOutput(NamedTuple):
@@ -34,7 +34,3 @@ def denoised(denoiser, x: torch.Tensor, t, generator=None, clip_x0: float | None
     """``x0_hat(x_t)``, clipped to ``[-clip_x0, clip_x0]`` if given."""
     x0 = denoiser.predict(x, time_arg(t, x), generator).x0
     return x0 if clip_x0 is None else x0.clamp(-clip_x0, clip_x0)
-
-
-def noise_like(x: torch.Tensor, generator) -> torch.Tensor:
-    return randn_like(x, generator)

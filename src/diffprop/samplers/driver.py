@@ -14,7 +14,8 @@ def as_times(times) -> list:
 
 
 def key(t) -> int | float:
-    """The ``states`` key of a time: an int for integer times (the discrete chain's ``states[t]``)."""
+    """A time as a Python number: an int where it is an integer (the discrete chain's ``states[t]``, its CSV and
+    JSON), a float otherwise."""
     return int(t) if float(t).is_integer() else float(t)
 
 
