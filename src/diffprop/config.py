@@ -20,7 +20,7 @@ import tomli_w
 from .denoisers import PROCESS_PARAMETERIZATIONS
 from .errors import DiffpropError
 from .limits import MAX_INT, MAX_SAMPLES, MAX_SEED
-from .losses.objective import DISCRETE_ONLY, REGISTRY
+from .losses.objective import DISCRETE_ONLY, LOSSES, REGISTRY
 from .names import ALIASES, RENAMED, SPACINGS
 from .processes import GRIDS, PROCESS_CONFIGS, PROCESSES
 from .samplers import SAMPLERS
@@ -145,6 +145,8 @@ REGULARIZERS = tuple(REGISTRY)
 
 @dataclass
 class ObjectiveConfig:
+    loss: str = _f("denoising", "the main loss: " + ", ".join(LOSSES) + " (denoising: the denoiser's regression "
+                   "target, Ho et al. 2020 Eq. 14 and its continuous-time forms)", choices=tuple(LOSSES))
     lambda_nl: float = _f(1.0, "weight of the denoising loss (lambda_nl of Li & van der Schaar 2024, Eq. 15; they "
                           "use 0.8)",
                           min=0.0)

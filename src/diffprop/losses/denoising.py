@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import Denoiser
-from ..time_sampling import UniformInt
+from ..time_sampling import UniformInt, time_sampler_for
 
 
 def regression_loss(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
@@ -35,6 +35,10 @@ class DenoisingLoss:
 
     def __init__(self, time_sampler=None):
         self.time_sampler = time_sampler or UniformInt()
+
+    @classmethod
+    def from_config(cls, cfg) -> "DenoisingLoss":
+        return cls(time_sampler_for(cfg))
 
     def __call__(self, denoiser: Denoiser, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         t = self.time_sampler(denoiser.process, x0.shape[0], generator, x0.device)

@@ -11,9 +11,11 @@ from typing import NamedTuple
 
 import torch
 
-from ..time_sampling import time_sampler_for
 from .denoising import DenoisingLoss
 
+# the main loss, ``objective.loss``: name -> (module, class), each with ``from_config(cfg)`` and a per-sample
+# ``__call__(denoiser, x0, generator)``
+LOSSES = {"denoising": ("diffprop.losses.denoising", "DenoisingLoss")}
 # name -> (module, class); imported when used, so a regularizer's dependencies load only if it is on
 REGISTRY = {"epdm": ("diffprop.losses.epdm", "EPDM"),
             "consistency": ("diffprop.losses.consistency", "Consistency"),
@@ -31,6 +33,12 @@ class Term(NamedTuple):
     logs: dict  # name -> float or 0-dim tensor (detached)
 
 
+def build_loss(cfg):
+    """The main loss named by ``cfg.objective.loss`` (:data:`LOSSES`)."""
+    module, cls = LOSSES[cfg.objective.loss]
+    return getattr(importlib.import_module(module), cls).from_config(cfg)
+
+
 def build_regularizer(name: str, cfg, sample_data=None):
     """``sample_data(n, generator) -> x0`` draws fresh training examples (EPDM's second batch S_0')."""
     module, cls = REGISTRY[name]
@@ -38,11 +46,13 @@ def build_regularizer(name: str, cfg, sample_data=None):
 
 
 class Objective:
-    """Denoising loss weighted by ``lambda_nl`` plus weighted regularizers; logs every part."""
+    """The main loss (by default the denoising loss) weighted by ``lambda_nl`` plus weighted regularizers; logs
+    every part, the main loss under ``name``."""
 
-    def __init__(self, lambda_nl: float = 1.0, regularizers: dict | None = None, time_sampler=None):
-        self.lambda_nl = lambda_nl
-        self.denoising = DenoisingLoss(time_sampler)
+    def __init__(self, lambda_nl: float = 1.0, regularizers: dict | None = None, time_sampler=None, loss=None,
+                 name: str = "denoising"):
+        self.lambda_nl, self.name = lambda_nl, name
+        self.denoising = loss or DenoisingLoss(time_sampler)
         self.regularizers = regularizers or {}  # name -> (weight, callable)
 
     @classmethod
@@ -51,13 +61,13 @@ class Objective:
         for name in cfg.objective.regularizers:
             reg = build_regularizer(name, cfg, sample_data)
             regs[name] = (reg.weight, reg)
-        return cls(cfg.objective.lambda_nl, regs, time_sampler_for(cfg))
+        return cls(cfg.objective.lambda_nl, regs, loss=build_loss(cfg), name=cfg.objective.loss)
 
     def __call__(self, denoiser, x0: torch.Tensor, generator: torch.Generator) -> Term:
         total, logs = x0.new_zeros(()), {}
         if self.lambda_nl or not self.regularizers:  # lambda_nl = 0 (pure ADM-IP, say): skip the unused loss
             nl = self.denoising(denoiser, x0, generator).mean()
-            total, logs = self.lambda_nl * nl, {"denoising": nl.detach()}
+            total, logs = self.lambda_nl * nl, {self.name: nl.detach()}
         for name, (weight, reg) in self.regularizers.items():
             term = reg(denoiser, x0, generator)
             total = total + weight * term.value
