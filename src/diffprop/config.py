@@ -109,7 +109,10 @@ class SMDConfig:
     loss: str = _f("mse", "mse: Li, van Breugel & van der Schaar 2024, Eq. 14: the squared error averaged over eta "
                    "draws (its minimiser ignores eta: "
                    "see diffprop.nets.smd); energy: the energy score of the n_eta >= 2 draws, which rewards a spread "
-                   "over eta that matches the posterior's (not in that paper)", choices=("mse", "energy"))
+                   "over eta that matches the posterior's (not in that paper); mixture: the cross-entropy of the "
+                   "backward step's mixture over the n_eta draws (beta_tilde components; an importance-weighted bound "
+                   "that tightens with n_eta; equals mse for n_eta = 1; see diffprop.losses.smd_mixture)",
+                   choices=("mse", "energy", "mixture"))
 
 
 @dataclass

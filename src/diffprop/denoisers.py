@@ -24,7 +24,7 @@ from .schedules import NoiseSchedule
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
 PROCESS_PARAMETERIZATIONS = ("eps", "x0", "v", "edm")
-SMD_LOSSES = ("mse", "energy")
+SMD_LOSSES = ("mse", "energy", "mixture")
 
 
 class Prediction(NamedTuple):
@@ -160,7 +160,8 @@ class SMDDenoiser(Denoiser):
     an explicit ``eta`` every call draws a fresh one from ``generator`` (002 Alg. 1 line 5, Alg. 2 line 4:
     a new eta at every sampling step), so any sampler, loss or regularizer runs SMD unchanged. The
     denoising loss averages ``n_eta`` draws per example (002 Alg. 1, Fig. 4), or with ``loss="energy"`` scores
-    them as a sample of the backward distribution (see :func:`diffprop.losses.denoising.regression_loss`).
+    them as a sample of the backward distribution, or with ``loss="mixture"`` takes the cross-entropy of their
+    mixture (see :func:`diffprop.losses.denoising.regression_loss`).
     """
 
     stochastic = True
@@ -171,7 +172,8 @@ class SMDDenoiser(Denoiser):
         if n_eta < 1:
             raise DiffpropError(f"n_eta must be >= 1, got {n_eta}")
         if loss not in SMD_LOSSES or (loss == "energy" and n_eta < 2):
-            raise DiffpropError(f"SMD loss {loss!r} with n_eta = {n_eta}: allowed mse, or energy with n_eta >= 2")
+            raise DiffpropError(f"SMD loss {loss!r} with n_eta = {n_eta}: allowed mse, mixture, or energy with "
+                                f"n_eta >= 2")
         self.eta_shape, self.n_eta, self.loss = tuple(net.eta_shape), int(n_eta), loss
 
     def draw_eta(self, x_t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -6,14 +6,18 @@ import torch
 
 from ..denoisers import Denoiser
 from ..time_sampling import UniformInt, time_sampler_for
+from .smd_mixture import mixture_loss
 
 
 def regression_loss(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
                     generator: torch.Generator | None) -> torch.Tensor:
     """Per sample ``|| raw(x_t, t) - target ||^2``. A denoiser with ``n_eta > 1`` (SMD) sees every example
     ``n_eta`` times with independent latent draws, and the losses are averaged (002 Alg. 1, Sec. 5.4), or, with
-    ``loss == "energy"``, the draws are scored together by the energy score."""
+    ``loss == "energy"``, the draws are scored together by the energy score, or, with ``loss == "mixture"``, by the
+    cross-entropy of their mixture (:mod:`diffprop.losses.smd_mixture`; equal to the squared error for one draw)."""
     k = getattr(denoiser, "n_eta", 1)
+    if getattr(denoiser, "loss", None) == "mixture":
+        return mixture_loss(denoiser, x_t, t, target, k, generator)
     if k == 1:
         return (denoiser.raw(x_t, t, generator) - target).pow(2).flatten(1).mean(1)
     x_t, t, target = (a.repeat(k, *[1] * (a.ndim - 1)) for a in (x_t, t, target))  # row j B + i: example i, draw j
