@@ -21,6 +21,7 @@ from .denoisers import PROCESS_PARAMETERIZATIONS
 from .errors import DiffpropError
 from .limits import MAX_INT, MAX_SAMPLES, MAX_SEED
 from .losses.objective import DISCRETE_ONLY, LOSSES, REGISTRY
+from .losses.score_matching import MAX_DIM as SM_MAX_DIM, PROJECTIONS as SM_PROJECTIONS, WEIGHTINGS as SM_WEIGHTINGS
 from .names import ALIASES, RENAMED, SPACINGS
 from .processes import GRIDS, PROCESS_CONFIGS, PROCESSES
 from .samplers import SAMPLERS
@@ -212,6 +213,18 @@ class FokkerPlanckConfig:
 
 
 @dataclass
+class ScoreMatchingConfig:
+    """The score-matching losses (``objective.loss`` = dsm, ssm, ssm-vr, ism; diffprop.losses.score_matching)."""
+    weighting: str = _f("sigma2", "lambda(t): sigma2 = sigma(t)^2 (Song et al. 2021, score SDE; with eps prediction "
+                        "dsm is then the denoising loss), g2 = g(t)^2 of the forward SDE (the likelihood weighting of "
+                        "Song et al. 2021, maximum likelihood training), uniform = 1", choices=SM_WEIGHTINGS)
+    projections: int = _f(1, "ssm, ssm-vr: random projections per example (Song et al. 2019)", min=1, max=1024)
+    projection_dist: str = _f("gaussian", "ssm, ssm-vr: distribution of the projections", choices=SM_PROJECTIONS)
+    max_dim: int = _f(SM_MAX_DIM, "ism: the largest data dimension it accepts (its exact Jacobian trace costs one "
+                      "backward pass per dimension)", min=1, max=65536)
+
+
+@dataclass
 class SampleConfig:
     sampler: str = _f("ddpm", "sampler: " + "; ".join(f"{k}: {v.about}" for k, v in SAMPLERS.items()),
                       choices=tuple(SAMPLERS))
@@ -242,6 +255,7 @@ class Config:
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     input_perturbation: InputPerturbationConfig = field(default_factory=InputPerturbationConfig)
     fokker_planck: FokkerPlanckConfig = field(default_factory=FokkerPlanckConfig)
+    score_matching: ScoreMatchingConfig = field(default_factory=ScoreMatchingConfig)
     smd: SMDConfig = field(default_factory=SMDConfig)
 
     def to_dict(self) -> dict:

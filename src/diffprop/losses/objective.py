@@ -15,7 +15,10 @@ from .denoising import DenoisingLoss
 
 # the main loss, ``objective.loss``: name -> (module, class), each with ``from_config(cfg)`` and a per-sample
 # ``__call__(denoiser, x0, generator)``
-LOSSES = {"denoising": ("diffprop.losses.denoising", "DenoisingLoss")}
+LOSSES = {"denoising": ("diffprop.losses.denoising", "DenoisingLoss"),
+          # score matching (004 Sec. 4) over denoiser.score, weighted by score_matching.weighting
+          "dsm": ("diffprop.losses.score_matching", "DSM"), "ssm": ("diffprop.losses.score_matching", "SSM"),
+          "ssm-vr": ("diffprop.losses.score_matching", "SSMVR"), "ism": ("diffprop.losses.score_matching", "ISM")}
 # name -> (module, class); imported when used, so a regularizer's dependencies load only if it is on
 REGISTRY = {"epdm": ("diffprop.losses.epdm", "EPDM"),
             "consistency": ("diffprop.losses.consistency", "Consistency"),
