@@ -24,9 +24,11 @@ def test_set_reads_toml_values_and_falls_back_to_strings():
 
 @pytest.mark.parametrize("override, message", [
     (["diffusion.T=0"], r"diffusion.T must be >= 1, got 0"),
-    (["diffusion.beta_start=-1e-4"], r"diffusion.beta_start must be >= 0.0"),
+    (["diffusion.beta_start=-1e-4"], r"diffusion.beta_start must be > 0.0"),
     (["diffusion.beta_end=1.5"], r"diffusion.beta_end must be < 1.0"),
-    (["sample.steps=-2"], r"sample.steps must be >= 0, got -2"),
+    (["sample.steps=-2"], r"sample.steps must be >= 1, got -2$"),
+    (["sample.steps=0"], r"sample.steps must be >= 1, got 0 \(leave the key out for the default, which 0 meant "),
+    (["train.time_budget=0"], r"train.time_budget must be > 0.0, got 0.0 \(leave the key out"),
     (["sample.clipped_eps=true"], r"sample.clipped_eps applies to sample.sampler = 'ddim', not 'ddpm'"),
     (["sample.steps=2000"], r"sample.steps \(2000\) must be <= diffusion.T \(1000\)"),
     (["sample.sampler=dpm"], r"sample.sampler = 'dpm' is not allowed; allowed: ddpm, ddim, em, pc, euler, heun, ode"),
@@ -43,6 +45,24 @@ def test_invalid_values_are_rejected_with_the_key_and_the_allowed_values(overrid
     with pytest.raises(DiffpropError, match=message) as e:
         load_config(None, override)
     assert "\n" not in str(e.value)
+
+
+def test_zeros_that_meant_the_preset_in_saved_configs_read_as_absent(tmp_path):
+    """Run folders written before 2026-12 hold 0 for "the preset" in these keys; they read as the key left out, and
+    are written back without it. A config a user writes gets the plain rule (0 is a value or an error)."""
+    old = ("[data]\nimage_size = 0\n[diffusion]\nbeta_start = 0.0\nbeta_end = 0.0\n[model]\ndropout = 0.0\n"
+           "[smd]\ng_width = 0\n[train]\ntime_budget = 0.0\n[epdm]\nweight = 0.0\nL = 0\nrho = 0.0\n"
+           "[sample]\nsteps = 0\nbatch_size = 0\nclip_x0 = 0.0\n")
+    (tmp_path / "config.toml").write_text(old)
+    cfg = load_config(tmp_path / "config.toml", saved=True)
+    assert cfg == Config()
+    save_config(cfg, tmp_path / "back.toml")
+    assert "image_size" not in (tmp_path / "back.toml").read_text()
+    (tmp_path / "mine.toml").write_text("[model]\ndropout = 0.0\n[epdm]\nrho = 0.0\n")
+    mine = load_config(tmp_path / "mine.toml")
+    assert (mine.model.dropout, mine.epdm.rho) == (0.0, 0.0)  # values now: no dropout, uniform w_t
+    with pytest.raises(DiffpropError, match=r"data.image_size must be >= 1, got 0 \(leave the key out"):
+        load_config(tmp_path / "config.toml")
 
 
 def test_bad_files(tmp_path):

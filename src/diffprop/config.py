@@ -2,8 +2,8 @@
 
 Every field carries its rule (type, allowed values, range) in its metadata, so one validator checks
 them all and every error names the key and what is allowed. TOML has no null: a field typed ``X | None`` defaults to
-None, "the preset", and a missing key means just that (such keys are left out of a written config); older fields
-say where ``0`` means "automatic". Allowed names come from the registries (processes, samplers, time samplers,
+None, "the preset", and a missing key means just that (such keys are left out of a written config); run folders
+written before 2026-12, where 0 meant the preset, read as the key left out (:data:`ZERO_WAS_PRESET`). Allowed names come from the registries (processes, samplers, time samplers,
 parameterizations, regularizers).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ class DataConfig:
     name: str = _f("gmm-grid", "dataset: gmm-grid, gmm-ring, swiss-roll, moons, digits, image-folder:PATH, "
                    "cifar10:PATH, npz:PATH, csv:PATH", dataset=True)
     num_samples: int = _f(20000, "number of points generated for toy datasets", min=1, max=10**7)
-    image_size: int = _f(0, "resize/crop images to this size (0: native size)", min=0, max=2048)
+    image_size: int | None = _f(None, "resize/crop images to this size (absent: native size)", min=1, max=2048)
 
 
 @dataclass
@@ -52,10 +52,10 @@ class DiffusionConfig:
     schedule: str = _f("linear", "beta schedule: linear (Ho et al. 2020), cosine (Nichol & Dhariwal 2021; diffusers' "
                        "squaredcos_cap_v2), sigmoid_abar (Jabri et al. 2022, the EPDM and SMD public code's sigmoid)",
                        choices=SCHEDULES)
-    beta_start: float = _f(0.0, "first beta of the linear schedule, used as given (0: Ho et al.'s 1e-4 scaled by "
-                           "1000 / T)", min=0.0, lt=1.0)
-    beta_end: float = _f(0.0, "last beta of the linear schedule, used as given (0: Ho et al.'s 0.02 scaled by "
-                         "1000 / T, so that any T ends near N(0, I))", min=0.0, lt=1.0)
+    beta_start: float | None = _f(None, "first beta of the linear schedule, used as given (absent: Ho et al.'s 1e-4 "
+                                  "scaled by 1000 / T)", gt=0.0, lt=1.0)
+    beta_end: float | None = _f(None, "last beta of the linear schedule, used as given (absent: Ho et al.'s 0.02 "
+                                "scaled by 1000 / T, so that any T ends near N(0, I))", gt=0.0, lt=1.0)
     parameterization: str = _f("eps", "what the network predicts (diffusers' prediction_type epsilon, sample, "
                                "v_prediction are accepted; v needs a variance-preserving process; edm: Karras et al. "
                                "2022's preconditioning, continuous-time processes only)",
@@ -86,7 +86,8 @@ class ModelConfig:
     width: int = _f(256, "MLP hidden width", min=1, max=65536)
     depth: int = _f(4, "MLP residual blocks", min=1, max=1024)
     time_dim: int = _f(128, "MLP sinusoidal time-embedding size", min=2, max=65536)
-    dropout: float = _f(0.0, "dropout probability (U-Net: 0 keeps the preset's own)", min=0.0, lt=1.0)
+    dropout: float | None = _f(None, "dropout probability (absent: none for the MLP, the preset's own for the U-Net)",
+                               min=0.0, lt=1.0)
     preset: str = _f("tiny", "U-Net preset", choices=("tiny", "small", "ddpm-cifar10"))
     smd: bool = _f(False, "soft mixture denoising around the backbone (Li, van Breugel & van der Schaar 2024, Sec. 4), "
                    "set up in [smd]")
@@ -103,8 +104,9 @@ class SMDConfig:
     hyper_layers: int = _f(2, "official: matrices u u^T + softplus(s) I per hypernet block (the public code: 2)",
                            min=1, max=64)
     eta_dim: int = _f(16, "embedding: size of eta (official: eta is shaped like x_t)", min=1, max=4096)
-    g_width: int = _f(0, "width of g_xi: U-Net channels (official on images; a multiple of 4) or MLP units (0: a "
-                    "quarter of the backbone's, at least 8 channels or 16 units)", min=0, max=65536)
+    g_width: int | None = _f(None, "width of g_xi: U-Net channels (official on images; a multiple of 4) or MLP units "
+                             "(absent: a quarter of the backbone's, at least 8 channels or 16 units)", min=1,
+                             max=65536)
     n_eta: int = _f(1, "eta draws per training example, their losses averaged (Li, van Breugel & van der Schaar "
                     "2024, Alg. 1, Fig. 4; cost grows linearly)", min=1, max=1024)
     loss: str = _f("mse", "mse: Li, van Breugel & van der Schaar 2024, Eq. 14: the squared error averaged over eta "
@@ -140,8 +142,8 @@ class TrainConfig:
     checkpoint_every: int = _f(1000, "steps between checkpoints", min=1)
     keep_last: int = _f(3, "checkpoints kept", min=1)
     log_every: int = _f(50, "steps between log.jsonl lines", min=1)
-    time_budget: float = _f(0.0, "stop after this many seconds of training (0: no limit; for equal-budget "
-                            "comparisons)", min=0.0)
+    time_budget: float | None = _f(None, "stop after this many seconds of training (absent: no limit; for "
+                                   "equal-budget comparisons)", gt=0.0)
 
 
 REGULARIZERS = tuple(REGISTRY)
@@ -160,12 +162,13 @@ class ObjectiveConfig:
 
 @dataclass
 class EPDMConfig:
-    """000 Sec. 5 / App. F. ``preset`` fills every field left at its "preset" value (0 or "preset")."""
+    """000 Sec. 5 / App. F. ``preset`` fills every field left out (numbers) or at "preset" (names)."""
     preset: str = _f("paper", "paper (the text of Li & van der Schaar 2024) or official (the public code)",
                      choices=("paper", "official"))
-    weight: float = _f(0.0, "lambda_reg (0: preset's: paper 0.2, official 1.0)", min=0.0)
-    L: int = _f(0, "max bootstrapping steps s - t (0: preset's 5)", min=0)
-    rho: float = _f(0.0, "time-weight rate, w_t ~ exp(rho (T - t)) (0: preset's 0.003)", min=0.0)
+    weight: float | None = _f(None, "lambda_reg (absent: the preset's: paper 0.2, official 1.0)", min=0.0)
+    L: int | None = _f(None, "max bootstrapping steps s - t (absent: the preset's 5)", min=1)
+    rho: float | None = _f(None, "time-weight rate, w_t ~ exp(rho (T - t)) (absent: the preset's 0.003; 0: uniform)",
+                           min=0.0)
     time_weights: str = _f("preset", "T_wt: T * normalised w_t (mean 1), literal: normalised w_t (sums to 1 over "
                            "T, about 1/T of the loss), uniform: 1", choices=("preset", "T_wt", "literal", "uniform"))
     init: str = _f("preset", "warm: x_s = q_sample(x_0', s) (Li & van der Schaar 2024, Eq. 16); random: x_s ~ N(0, I) "
@@ -228,11 +231,12 @@ class ScoreMatchingConfig:
 class SampleConfig:
     sampler: str = _f("ddpm", "sampler: " + "; ".join(f"{k}: {v.about}" for k, v in SAMPLERS.items()),
                       choices=tuple(SAMPLERS))
-    steps: int = _f(0, "sampling steps (0: the sampler's default: T for ddpm, 50 for ddim, 25 for heun, ...)", min=0)
+    steps: int | None = _f(None, "sampling steps (absent: the sampler's default: T for ddpm, 50 for ddim, 25 for "
+                           "heun, ...)", min=1)
     num: int = _f(2000, "number of samples", min=1, max=MAX_SAMPLES)
     eta: float = _f(0.0, "DDIM stochasticity", min=0.0)
-    batch_size: int = _f(0, "sampling batch size (0: all at once)", min=0)
-    clip_x0: float = _f(0.0, "clip predicted x0 to [-c, c] (0: off; images use 1)", min=0.0)
+    batch_size: int | None = _f(None, "sampling batch size (absent: all at once)", min=1)
+    clip_x0: float | None = _f(None, "clip predicted x0 to [-c, c] (absent: 1 for images, off otherwise)", gt=0.0)
     clipped_eps: bool = _f(False, "ddim: with clipping, use the noise implied by the clipped x0 "
                                   "(diffusers' use_clipped_model_output) instead of the model's")
     spacing: str | None = _f(None, "time grid (absent: the sampler's default on its process, e.g. even for ddpm "
@@ -319,7 +323,9 @@ def _check(key: str, value: Any, f: dataclasses.Field) -> Any:
               ("gt", lambda a, b: a > b, ">"), ("lt", lambda a, b: a < b, "<")]
     for name, ok, sym in bounds:
         if name in rule and not ok(value, rule[name]):
-            raise DiffpropError(f"config: {key} must be {sym} {rule[name]}, got {value!r}")
+            hint = " (leave the key out for the default, which 0 meant before 2026-12)" \
+                if value == 0 and key in ZERO_WAS_PRESET else ""
+            raise DiffpropError(f"config: {key} must be {sym} {rule[name]}, got {value!r}{hint}")
     return value
 
 
@@ -343,20 +349,20 @@ def _build(cls, data: dict, prefix: str = ""):
 
 def _cross_check(cfg: Config) -> Config:
     d = cfg.diffusion
-    lo, hi = linear_range(d.T, d.beta_start or None, d.beta_end or None)
+    lo, hi = linear_range(d.T, d.beta_start, d.beta_end)
     if d.schedule == "linear" and lo > hi:
         raise DiffpropError(f"config: diffusion.beta_start ({lo:g}) must be <= diffusion.beta_end ({hi:g})")
     s = cfg.smd
     if cfg.model.smd and s.loss == "energy" and s.n_eta < 2:
         raise DiffpropError(f"config: smd.loss = 'energy' compares eta draws and needs smd.n_eta >= 2, got {s.n_eta}")
-    if cfg.model.smd and cfg.model.kind == "unet" and s.variant == "official" and s.g_width % 4:
+    if cfg.model.smd and cfg.model.kind == "unet" and s.variant == "official" and (s.g_width or 4) % 4:
         raise DiffpropError(f"config: smd.g_width ({s.g_width}) must be a multiple of 4 for the official variant's "
-                            f"U-Net g_xi (or 0: automatic)")
+                            f"U-Net g_xi (or left out: automatic)")
     _check_process(cfg)
     if cfg.sample.clipped_eps and cfg.sample.sampler != "ddim":
         raise DiffpropError(f"config: sample.clipped_eps applies to sample.sampler = 'ddim', not "
                             f"{cfg.sample.sampler!r}")
-    if cfg.sample.steps > d.T and d.process == "discrete":
+    if (cfg.sample.steps or 0) > d.T and d.process == "discrete":
         raise DiffpropError(f"config: sample.steps ({cfg.sample.steps}) must be <= diffusion.T ({d.T})")
     c = cfg.consistency
     if c.steps > c.window:  # t - t' <= window, so further steps repeat a timestep: network calls that change nothing
@@ -452,12 +458,24 @@ def _toml_problem(e: Exception) -> str:
     return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
+# keys where 0 meant "the preset / automatic / off" in configs written before 2026-12; they are absent now
+ZERO_WAS_PRESET = ("data.image_size", "diffusion.beta_start", "diffusion.beta_end", "model.dropout", "smd.g_width",
+                   "train.time_budget", "epdm.weight", "epdm.L", "epdm.rho", "sample.steps", "sample.batch_size",
+                   "sample.clip_x0")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *, saved: bool = False) -> Config:
     """The defaults, updated by the TOML file at ``path`` and then by ``--set`` overrides, validated. ``saved``: the
     file is a run folder's ``config.toml``, written by diffprop, so a name renamed since it was written
-    (:data:`diffprop.names.RENAMED`) is read under its new name."""
+    (:data:`diffprop.names.RENAMED`) is read under its new name, and a 0 that meant "the preset" in a key of
+    :data:`ZERO_WAS_PRESET` is read as the key left out."""
     data = read_toml(path) if path is not None else {}
     if saved:
+        for key in ZERO_WAS_PRESET:
+            section, name = key.split(".")
+            if isinstance(data.get(section), dict) and type(data[section].get(name)) in (int, float) \
+                    and data[section][name] == 0:
+                del data[section][name]
         for key, renamed in RENAMED.items():
             section, name = key.split(".")
             value = data[section].get(name) if isinstance(data.get(section), dict) else None  # (else _build says)

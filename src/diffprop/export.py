@@ -8,7 +8,7 @@
   as ``trained_betas``, every beta in float64 (JSON keeps all 17 digits), its ``beta_schedule`` saying which;
   :func:`diffprop.diffusers_io.load_diffusers` reads them back in float64, so the round trip is exact;
 - ``prediction_type``, ``variance_type`` from ``diffusion.parameterization`` and ``diffusion.var_type``
-  (:mod:`diffprop.names`), ``clip_sample`` / ``clip_sample_range`` from ``sample.clip_x0`` (1 when it is 0, as
+  (:mod:`diffprop.names`), ``clip_sample`` / ``clip_sample_range`` from ``sample.clip_x0`` (1 when it is absent, as
   ``diffprop sample`` clips images), ``timestep_spacing`` from ``sample.spacing`` (``leading``, diffusers'
   default, for diffprop's own ``even``).
 

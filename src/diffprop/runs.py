@@ -40,13 +40,13 @@ def made_with(run_dir: Path, cfg: Config) -> bool:
 
 def build_schedule(cfg: Config) -> NoiseSchedule:
     d = cfg.diffusion
-    return NoiseSchedule.from_config(d.schedule, d.T, d.beta_start or None, d.beta_end or None)  # 0: scaled
+    return NoiseSchedule.from_config(d.schedule, d.T, d.beta_start, d.beta_end)  # None: scaled
 
 
 def _net(cfg: Config, shape: tuple[int, ...]) -> torch.nn.Module:
     m, s = cfg.model, cfg.smd
-    opts = (dict(width=m.width, depth=m.depth, time_dim=m.time_dim, dropout=m.dropout) if m.kind == "mlp"
-            else dict(preset=m.preset, **({"dropout": m.dropout} if m.dropout else {})))
+    opts = (dict(width=m.width, depth=m.depth, time_dim=m.time_dim, dropout=m.dropout or 0.0) if m.kind == "mlp"
+            else dict(preset=m.preset, **({"dropout": m.dropout} if m.dropout is not None else {})))
     if not m.smd:
         return build_net(m.kind, shape, **opts)
     return build_smd_net(m.kind, shape, s.variant, latent_dim=s.latent_dim, hyper_layers=s.hyper_layers,

@@ -50,7 +50,7 @@ class Scale:
     mlp: tuple[str, ...]  # backbone for vector data
     unet: str  # U-Net preset for images
     gpu: bool = False  # refuse to start on a CPU unless forced
-    time_budget: float = 0.0  # seconds of training per run instead of ``steps`` (0: off)
+    time_budget: float | None = None  # seconds of training per run instead of ``steps`` (None: off)
 
 
 SCALES = {
@@ -78,7 +78,8 @@ def config_for(s: Scale, data: str, image: bool, extra: list[str], seed: int) ->
     backbone = ["model.kind=unet", f"model.preset={s.unet}"] if image else ["model.kind=mlp", *s.mlp]
     steps = s.steps if not s.time_budget else 10**8  # a wall-clock budget: stop by time, checkpoint at the end
     return load_config(None, [f"data.name={data}", f"diffusion.T={s.T}", *backbone, f"train.checkpoint_every={steps}",
-                              *s.train, f"train.steps={steps}", f"train.time_budget={s.time_budget}", *extra,
+                              *s.train, f"train.steps={steps}",
+                              *([f"train.time_budget={s.time_budget}"] if s.time_budget else []), *extra,
                               f"seed={seed}"])
 
 

@@ -37,7 +37,7 @@ def relative_step_cost(cfg: Config) -> float:
         cost *= SMD_NET[cfg.smd.variant] * cfg.smd.n_eta
     for name in cfg.objective.regularizers:
         if name == "epdm":
-            L = cfg.epdm.L or EPDM_PRESETS[cfg.epdm.preset]["L"]
+            L = cfg.epdm.L if cfg.epdm.L is not None else EPDM_PRESETS[cfg.epdm.preset]["L"]
             cost += EPDM_PER_CHAIN_STEP * (L + 1) / 2  # s ~ U{t+1..t+L} (000 Sec. 5.2)
         else:
             cost += EXTRA[name]

@@ -135,7 +135,7 @@ class EPDM:
         """The ``[epdm]`` section with its preset resolved; T and var_type come from ``[diffusion]``."""
         e = cfg.epdm
         opts = dict(PRESETS[e.preset])
-        opts.update({k: getattr(e, k) for k in ("weight", "L", "rho") if getattr(e, k) != 0})
+        opts.update({k: getattr(e, k) for k in ("weight", "L", "rho") if getattr(e, k) is not None})
         opts.update({k: getattr(e, k) for k in ("time_weights", "init", "estimator", "grad", "warm_batch")
                      if getattr(e, k) != "preset"})
         if e.kernel != "preset":

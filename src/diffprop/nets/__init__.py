@@ -35,7 +35,7 @@ def build_net(kind: str, data_shape: tuple[int, ...], **options) -> nn.Module:
 
 
 def build_smd_net(kind: str, data_shape: tuple[int, ...], variant: str = "official", *, latent_dim: int = 16,
-                  hyper_layers: int = 2, eta_dim: int = 16, g_width: int = 0, **options) -> nn.Module:
+                  hyper_layers: int = 2, eta_dim: int = 16, g_width: int | None = None, **options) -> nn.Module:
     """An SMD network of ``variant`` around a backbone ``build_net(kind, data_shape, **options)`` (002 Sec. 4)."""
     if variant == "official":
         return OfficialSMD(build_net(kind, data_shape, **options), tuple(data_shape), latent_dim, hyper_layers, g_width)

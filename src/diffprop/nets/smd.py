@@ -119,12 +119,12 @@ class LatentUNet(nn.Module):
 class OfficialSMD(nn.Module):
     """The public code's SMD: per-pixel (U-Net) or per-example (MLP) latent, hypernet blocks at both ends.
 
-    ``g_width`` of ``g_xi`` (U-Net channels or MLP units; 0: a quarter of the backbone's feature width, at least
+    ``g_width`` of ``g_xi`` (U-Net channels or MLP units; None: a quarter of the backbone's feature width, at least
     8 channels or 16 units); ``hyper_layers`` matrices ``M_k`` per block (the public code: 2).
     """
 
     def __init__(self, backbone: nn.Module, data_shape: tuple[int, ...], latent_dim: int = 16, hyper_layers: int = 2,
-                 g_width: int = 0):
+                 g_width: int | None = None):
         super().__init__()
         _, _, features = _ends(backbone)
         self.backbone, self.eta_shape = backbone, tuple(data_shape)
@@ -155,11 +155,11 @@ class OfficialSMD(nn.Module):
 class EmbeddingSMD(nn.Module):
     """One latent per example modulating the backbone's time embedding (see the module docstring).
 
-    ``g_width`` of the MLP ``g_xi`` (0: a quarter of the backbone's time-embedding width, at least 16).
+    ``g_width`` of the MLP ``g_xi`` (None: a quarter of the backbone's time-embedding width, at least 16).
     """
 
     def __init__(self, backbone: nn.Module, data_shape: tuple[int, ...], latent_dim: int = 16, eta_dim: int = 16,
-                 g_width: int = 0):
+                 g_width: int | None = None):
         super().__init__()
         self.backbone, self.eta_shape = backbone, (eta_dim,)
         if isinstance(backbone, UNet):
