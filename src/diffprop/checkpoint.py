@@ -120,9 +120,11 @@ def optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> dict
 
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model: dict, ema: dict, optimizer: dict,
-                    rng: dict[str, torch.Tensor], extra: dict, keep_last: int) -> Path:
+                    rng: dict[str, torch.Tensor], extra: dict, keep_last: int,
+                    more: dict[str, dict] | None = None) -> Path:
     """Atomically write checkpoint ``step`` and prune to the newest ``keep_last``.
 
+    ``more``: further named weight sets, each written as ``NAME.safetensors`` (a consistency model's target network).
     Non-finite model or EMA weights are refused (a diverged run must not leave a checkpoint that looks like its
     latest good one). A write that fails (a full disk) removes its partial folder and leaves the others as they were.
     """
@@ -142,6 +144,8 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model: dict, ema: dict, o
         save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
         save_file(opt_tensors, tmp / "optimizer.safetensors")
         save_file({k: v.cpu().contiguous() for k, v in rng.items()}, tmp / "rng.safetensors")
+        for name, tensors in (more or {}).items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / f"{name}.safetensors")
         (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": opt_meta, **extra}, indent=1))
         for f in tmp.iterdir():  # make the data durable before the rename publishes it
             with open(f, "rb") as fh:

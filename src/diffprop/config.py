@@ -21,6 +21,8 @@ from .denoisers import PROCESS_PARAMETERIZATIONS
 from .errors import DiffpropError
 from .limits import MAX_INT, MAX_SAMPLES, MAX_SEED
 from .losses.objective import DISCRETE_ONLY, LOSSES, REGISTRY
+from .losses.consistency_models import (DISTANCES as CM_DISTANCES, INDEX_SAMPLERS as CM_INDEX,
+                                       SCHEDULES as CM_SCHEDULES, SOLVERS as CM_SOLVERS, WEIGHTINGS as CM_WEIGHTINGS)
 from .losses.score_matching import MAX_DIM as SM_MAX_DIM, PROJECTIONS as SM_PROJECTIONS, WEIGHTINGS as SM_WEIGHTINGS
 from .names import ALIASES, RENAMED, SPACINGS
 from .processes import GRIDS, PROCESS_CONFIGS, PROCESSES
@@ -228,6 +230,35 @@ class ScoreMatchingConfig:
 
 
 @dataclass
+class CMConfig:
+    """Consistency models (``objective.loss`` = cd, ct; diffprop.losses.consistency_models; Song et al. 2023). Not
+    the [consistency] regularizer, which is Daras et al. 2023's."""
+    teacher: str = _f("oracle", "cd: the teacher, oracle (the exact denoiser of a Gaussian-mixture data.name) or the "
+                      "path of a run folder trained on data.name (its EMA weights)")
+    solver: str = _f("heun", "cd: the teacher's probability-flow ODE step between adjacent grid times",
+                     choices=CM_SOLVERS)
+    schedule: str | None = _f(None, "N(k) and the target decay mu(k): fixed (Song et al. 2023's CD), increasing (their "
+                              "CT), doubling (Song & Dhariwal 2023, mu = 0) (absent: fixed for cd, doubling for ct)",
+                              choices=CM_SCHEDULES)
+    n_min: int | None = _f(None, "increasing, doubling: s0, the grid points at step 0 (absent: the schedule's: 2, "
+                           "10)", min=2)
+    n_max: int | None = _f(None, "s1, the most grid points, fixed's N (absent: the schedule's: 18, 150, 1280)", min=2)
+    horizon: int | None = _f(None, "K, the step count N(k) and mu(k) are scheduled over (absent: train.steps; set it "
+                             "when a resume will change train.steps)", min=1)
+    mu: float | None = _f(None, "target EMA decay, increasing's mu0 (absent: the schedule's: 0.95, 0.9, 0)", min=0.0,
+                          lt=1.0)
+    distance: str | None = _f(None, "d(x, y): l2 = |x - y|^2, pseudo-huber = sqrt(|x - y|^2 + c^2) - c (absent: "
+                              "pseudo-huber for doubling, l2 otherwise)", choices=CM_DISTANCES)
+    huber_c: float | None = _f(None, "pseudo-huber's c (absent: 0.00054 sqrt(D), Song & Dhariwal 2023)", gt=0.0)
+    index: str | None = _f(None, "how the grid pair n is drawn: uniform, lognormal (Song & Dhariwal 2023) (absent: "
+                           "lognormal for doubling, uniform otherwise)", choices=CM_INDEX)
+    p_mean: float = _f(-1.1, "lognormal index: mean of log sigma")
+    p_std: float = _f(2.0, "lognormal index: std of log sigma", gt=0.0)
+    weighting: str | None = _f(None, "lambda(sigma_n): uniform = 1, ict = 1 / (sigma_{n+1} - sigma_n) (absent: ict for "
+                               "doubling, uniform otherwise)", choices=CM_WEIGHTINGS)
+
+
+@dataclass
 class SampleConfig:
     sampler: str = _f("ddpm", "sampler: " + "; ".join(f"{k}: {v.about}" for k, v in SAMPLERS.items()),
                       choices=tuple(SAMPLERS))
@@ -260,6 +291,7 @@ class Config:
     input_perturbation: InputPerturbationConfig = field(default_factory=InputPerturbationConfig)
     fokker_planck: FokkerPlanckConfig = field(default_factory=FokkerPlanckConfig)
     score_matching: ScoreMatchingConfig = field(default_factory=ScoreMatchingConfig)
+    cm: CMConfig = field(default_factory=CMConfig)
     smd: SMDConfig = field(default_factory=SMDConfig)
 
     def to_dict(self) -> dict:
@@ -359,6 +391,9 @@ def _cross_check(cfg: Config) -> Config:
         raise DiffpropError(f"config: smd.g_width ({s.g_width}) must be a multiple of 4 for the official variant's "
                             f"U-Net g_xi (or left out: automatic)")
     _check_process(cfg)
+    if (d.parameterization == "cm") != (cfg.objective.loss in ("cd", "ct")):
+        raise DiffpropError(f"config: diffusion.parameterization = 'cm' (a consistency model) goes with objective.loss "
+                            f"= 'cd' or 'ct'; got {d.parameterization!r} with {cfg.objective.loss!r}")
     if cfg.sample.clipped_eps and cfg.sample.sampler != "ddim":
         raise DiffpropError(f"config: sample.clipped_eps applies to sample.sampler = 'ddim', not "
                             f"{cfg.sample.sampler!r}")

@@ -23,7 +23,7 @@ from .processes import DiscreteVP, Process, at
 from .schedules import NoiseSchedule
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
-PROCESS_PARAMETERIZATIONS = ("eps", "x0", "v", "edm")
+PROCESS_PARAMETERIZATIONS = ("eps", "x0", "v", "edm", "cm")
 SMD_LOSSES = ("mse", "energy", "mixture")
 
 
@@ -199,6 +199,10 @@ class ProcessDenoiser(DenoiserBase):
     x0`` (Salimans & Ho 2022; VP processes only) or, with ``edm``, as ``F`` in ``x0 = c_skip x~ + c_out F`` with
     ``c_skip = sigma_data^2 / (sigma~^2 + sigma_data^2)``, ``c_out = sigma~ sigma_data / sqrt(sigma~^2 +
     sigma_data^2)`` (Karras et al. Eq. 7, Tab. 1). :meth:`target` is what the denoising loss regresses ``out`` on.
+    ``cm`` is a consistency model's ``f(x, t) = c_skip x~ + c_out F`` (Song et al. 2023 App. C, in the same VE view):
+    ``c_skip = sigma_data^2 / ((sigma~ - sigma~_min)^2 + sigma_data^2)``, ``c_out = (sigma~ - sigma~_min) sigma_data
+    / sqrt(sigma~^2 + sigma_data^2)`` with ``sigma~_min = sigma~(t_min)``, so ``f(x, t_min) = x / alpha(t_min)``
+    exactly (``= x`` for VE and EDM); it is trained by the ``cd``/``ct`` losses (:mod:`diffprop.losses.consistency_models`).
     """
 
     schedule = None
@@ -239,11 +243,22 @@ class ProcessDenoiser(DenoiserBase):
         if self.parameterization == "v":
             sigma = st * alpha
             return Prediction(sigma * x_t + alpha * out, alpha * x_t - sigma * out)
+        if self.parameterization == "cm":
+            c_skip, c_out = self.cm_scalings(st, x_t)
         return eps_x0(self.process, x_t, t, x0=c_skip * x_t / alpha + c_out * out)
+
+    def cm_scalings(self, st: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The consistency model's ``(c_skip, c_out)`` at ``sigma~ = st`` (Song et al. 2023 App. C, Eq. 19 shifted to
+        ``sigma~_min``); ``sigma~_min`` is computed as ``st`` is, so both are exact at ``t_min``: 1 and 0."""
+        st_min, sd = self._scalings(self.process.t_min, x[:1])[1], self.sigma_data
+        return sd**2 / ((st - st_min) ** 2 + sd**2), (st - st_min) * sd * (st**2 + sd**2).rsqrt()
 
     def target(self, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
         """What ``raw`` should output at ``x_t = alpha x0 + sigma eps``: eps, x0, v, or EDM's ``F`` target
         ``(x0 - c_skip x~) / c_out`` (Karras et al. Eq. 8, whose weight ``lambda c_out^2 = 1`` makes it plain MSE)."""
+        if self.parameterization == "cm":
+            raise DiffpropError("the cm parameterization (a consistency model) has no denoising target; train it with "
+                                "objective.loss = 'cd' or 'ct'")
         if self.parameterization == "eps":
             return eps
         if self.parameterization == "x0":

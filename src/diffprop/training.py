@@ -24,8 +24,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from .checkpoint import (check_optimizer, check_param_groups, check_rng, check_tensors, last_good, list_checkpoints,
-                         load_checkpoint, optimizer_from_tensors, remove_partial, resolve_checkpoint, save_checkpoint,
-                         set_aside)
+                         load_checkpoint, load_tensors, optimizer_from_tensors, remove_partial, resolve_checkpoint,
+                         save_checkpoint, set_aside)
 from .config import Config, load_config, save_config
 from .data import load_dataset
 from .errors import DiffpropError, one_line
@@ -114,6 +114,8 @@ class Trainer:
         self.denoiser = self.denoiser.to(self.device)
         self.net = self.denoiser.net
         self.objective = objective or Objective.from_config(cfg, sample_data=self.sample_data)
+        # a consistency model's target network theta- (losses.consistency_models): updated after each step, checkpointed
+        self.target = self.objective.attach(self.denoiser) if hasattr(self.objective, "attach") else None
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.ema = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed * 1_000_003 + 7919 * (self.rank + 1))
@@ -198,6 +200,11 @@ class Trainer:
         except RuntimeError as e:
             raise DiffpropError(f"{d / 'rng.safetensors'}: not a valid generator state ({one_line(e)})") from None
         self.step = ckpt["state"]["step"]
+        if self.target is not None:
+            target = load_tensors(d / "target.safetensors")
+            check_tensors(d / "target.safetensors", target, live)
+            self.target.load_state_dict(target, self.step)
+
 
     def _trim_log(self) -> None:
         """Forget the log lines past the step training starts from (a resumed earlier checkpoint, a crash). A torn last
@@ -281,6 +288,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self._update_ema()
+        if self.target is not None:
+            self.target.update(self.step)
         return value, grad_norm, parts
 
     def _diverged(self, what: str) -> DiffpropError:
@@ -314,7 +323,8 @@ class Trainer:
             path = save_checkpoint(self.run_dir, self.step, model=self.acc.unwrap_model(self.net).state_dict(),
                                    ema=self.ema, optimizer=self.optimizer.state_dict(), rng=rng,
                                    extra={"world_size": self.world, "torch": torch.__version__},
-                                   keep_last=self.cfg.train.keep_last)
+                                   keep_last=self.cfg.train.keep_last,
+                                   more={"target": self.target.state_dict()} if self.target is not None else None)
         self.acc.wait_for_everyone()
         return path
 

@@ -18,7 +18,10 @@ from .denoising import DenoisingLoss
 LOSSES = {"denoising": ("diffprop.losses.denoising", "DenoisingLoss"),
           # score matching (004 Sec. 4) over denoiser.score, weighted by score_matching.weighting
           "dsm": ("diffprop.losses.score_matching", "DSM"), "ssm": ("diffprop.losses.score_matching", "SSM"),
-          "ssm-vr": ("diffprop.losses.score_matching", "SSMVR"), "ism": ("diffprop.losses.score_matching", "ISM")}
+          "ssm-vr": ("diffprop.losses.score_matching", "SSMVR"), "ism": ("diffprop.losses.score_matching", "ISM"),
+          # consistency models (Song et al. 2023), the denoiser's parameterization cm, options in [cm]
+          "cd": ("diffprop.losses.consistency_models", "ConsistencyDistillation"),
+          "ct": ("diffprop.losses.consistency_models", "ConsistencyTraining")}
 # name -> (module, class); imported when used, so a regularizer's dependencies load only if it is on
 REGISTRY = {"epdm": ("diffprop.losses.epdm", "EPDM"),
             "consistency": ("diffprop.losses.consistency", "Consistency"),
@@ -65,6 +68,14 @@ class Objective:
             reg = build_regularizer(name, cfg, sample_data)
             regs[name] = (reg.weight, reg)
         return cls(cfg.objective.lambda_nl, regs, loss=build_loss(cfg), name=cfg.objective.loss)
+
+    def attach(self, denoiser):
+        """Called by the trainer with its denoiser before training; returns the main loss's target network (a
+        consistency model's EMA ``theta-``, :class:`~diffprop.losses.consistency_models.TargetNetwork`), which the
+        trainer updates after every step and checkpoints, or None."""
+        if hasattr(self.denoising, "attach"):
+            self.denoising.attach(denoiser)
+        return getattr(self.denoising, "target", None)
 
     def __call__(self, denoiser, x0: torch.Tensor, generator: torch.Generator) -> Term:
         total, logs = x0.new_zeros(()), {}

@@ -18,6 +18,7 @@ import torch
 from ..errors import DiffpropError
 from ..noise import BLOCK, SampleNoise
 from .base import SamplerOutput
+from .consistency import consistency_step
 from .ddim import ddim, ddim_step
 from .ddpm import ddpm, ddpm_step
 from .driver import sample_from
@@ -74,6 +75,7 @@ class Sampler:
     default_steps: int | None  # None: the process's
     default_grid: str | dict | None  # None: the process's; a dict by process name, "*" for the others
     about: str
+    skip_t_min: bool = False  # its grid: steps + 1 times with t_min left out (t_max, ..., 0: consistency sampling)
 
     def grid_for(self, process) -> str | None:
         g = self.default_grid
@@ -90,6 +92,9 @@ SAMPLERS = {
     "euler": Sampler(euler_step, NoOptions, 250, "edm", "Euler on the probability-flow ODE"),
     "heun": Sampler(heun_step, HeunOptions, 25, "edm", "Heun on the probability-flow ODE (Karras et al. 2022), "
                     "2 steps - 1 evaluations"),
+    "consistency": Sampler(consistency_step, NoOptions, 1, "edm", "consistency sampling (Song et al. 2023 Alg. 1): "
+                           "x0 = f(x, t), re-noised to the next time; 1 step or several on the rho = 7 grid",
+                           skip_t_min=True),
     "ode": Sampler(rk45_step, ODEOptions, 2, "uniform", "adaptive RK45 on the probability-flow ODE (scipy), "
                    "t_max to t_min then denoise"),
 }
@@ -122,14 +127,19 @@ def make_step(name: str, steps: int | None = None, **options) -> Callable:
 
 def sampler_times(denoiser, name: str, steps: int | None = None, grid: str | None = None,
                   offset: int = 0) -> torch.Tensor:
-    """The times ``name`` visits on the denoiser's process: ``steps`` noisy times then 0."""
+    """The times ``name`` visits on the denoiser's process: ``steps`` noisy times then 0 (a sampler with
+    ``skip_t_min``: the grid of ``steps + 1`` noisy times without its last, ``t_min``)."""
     spec = get_sampler(name)
     proc = denoiser.process
     kind = grid or spec.grid_for(proc)
     if kind is not None and kind not in proc.grid_kinds():
         raise DiffpropError(f"time grid {kind!r} does not apply to the {proc.name} process; allowed: "
                             f"{', '.join(proc.grid_kinds())}")
-    return proc.grid(spec.default_steps if steps is None else steps, kind, offset)
+    n = spec.default_steps if steps is None else steps
+    if spec.skip_t_min:
+        ts = proc.grid(n + 1, kind, offset)
+        return torch.cat([ts[:-2], ts[-1:]])
+    return proc.grid(n, kind, offset)
 
 
 def sample(denoiser, num: int, shape: tuple[int, ...], *, sampler: str = "ddpm", steps: int | None = None,
@@ -170,5 +180,5 @@ def sample(denoiser, num: int, shape: tuple[int, ...], *, sampler: str = "ddpm",
 
 
 __all__ = ["SAMPLERS", "Sampler", "SamplerOutput", "ddim", "ddim_step", "ddpm", "ddpm_step", "em_step",
-           "euler_step", "get_sampler", "heun_step", "langevin_step", "make_step", "pc_step",
+           "consistency_step", "euler_step", "get_sampler", "heun_step", "langevin_step", "make_step", "pc_step",
            "reverse_diffusion_step", "rk45_step", "sample", "sample_from", "sampler_times"]
