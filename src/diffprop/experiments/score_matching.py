@@ -4,10 +4,11 @@ the exact one per band of t, sample quality, time per training step, and the cos
 dimension.
 
 Both datasets have an exact score. gmm-ring is a Gaussian mixture. diffprop's swiss-roll is the roll curve
-``c(u) = (u cos u, u sin u) / 7``, ``u ~ U[1.5 pi, 4.5 pi]``, blurred by isotropic noise of std ``0.5 / 7`` (scikit-learn's
-``make_swiss_roll`` with noise 0.5, the coordinates x and z, :mod:`diffprop.data.toy`): a continuous Gaussian mixture
-over ``u``. :func:`swiss_roll_mixture` discretises it at ``K`` quantile midpoints of ``u``; with ``K = 2000`` adjacent points lie
-at most 0.01 apart along the curve (length 12.8), far below the blur 0.071, so the mixture's score is the data's to quadrature error.
+``c(u) = (u cos u, u sin u) / 7``, ``u ~ U[1.5 pi, 4.5 pi]``, blurred by isotropic noise of std ``0.5 / 7``
+(scikit-learn's ``make_swiss_roll`` with noise 0.5, the coordinates x and z, :mod:`diffprop.data.toy`): a continuous
+Gaussian mixture over ``u``. :func:`swiss_roll_mixture` discretises it at ``K`` quantile midpoints of ``u``; with ``K =
+2000`` adjacent points lie at most 0.01 apart along the curve (length 12.8), far below the blur 0.071, so the mixture's
+score is the data's to quadrature error.
 """
 from __future__ import annotations
 
