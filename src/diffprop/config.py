@@ -144,6 +144,8 @@ class TrainConfig:
     checkpoint_every: int = _f(1000, "steps between checkpoints", min=1)
     keep_last: int = _f(3, "checkpoints kept", min=1)
     log_every: int = _f(50, "steps between log.jsonl lines", min=1)
+    log_grad_norms: bool = _f(False, "on each log.jsonl line, the gradient norm of each part of the loss (the main "
+                              "loss and each weighted regularizer; one extra backward per part on those steps only)")
     time_budget: float | None = _f(None, "stop after this many seconds of training (absent: no limit; for "
                                    "equal-budget comparisons)", gt=0.0)
 
@@ -215,6 +217,25 @@ class FokkerPlanckConfig:
     divergence: str = _f("auto", "exact (low dimension), hutchinson (one probe), auto: exact when D <= 8",
                          choices=("auto", "exact", "hutchinson"))
     dt: int = _f(1, "timestep offset of the 3-point finite difference in t", min=1)
+
+
+@dataclass
+class ChainMMDConfig:
+    """The chain-started cumulative regularizer (diffprop.losses.chain_mmd): MMD^2 between the model's own sampling
+    chain, a replay buffer advanced L steps per training step from x_T, and q_t."""
+    weight: float = _f(1.0, "its weight in the loss", min=0.0)
+    L: int = _f(5, "DDPM steps the buffer's chain advances per training step", min=1)
+    grad: str = _f("last", "gradient through the last chain step only (last) or every step of it (all)",
+                   choices=("last", "all"))
+    time_weights: str = _f("log_uniform", "the target law of t, reached by importance weights over the chain's "
+                           "visits: log_uniform (p(t) ~ 1/t, toward small t), uniform",
+                           choices=("log_uniform", "uniform"))
+    scales: int = _f(4, "RBF bandwidths, geometric from the mode scale (median nearest-neighbour distance of the "
+                     "forward samples at t) to the median distance between the chain and them (1: the mode scale "
+                     "only)", min=1, max=64)
+    particles: int | None = _f(None, "chain particles in the buffer (absent: a quarter of the batch per process, "
+                               "which keeps its cost near 2 x a plain step; compared with all of the batch's forward "
+                               "samples)", min=2)
 
 
 @dataclass
@@ -290,6 +311,7 @@ class Config:
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     input_perturbation: InputPerturbationConfig = field(default_factory=InputPerturbationConfig)
     fokker_planck: FokkerPlanckConfig = field(default_factory=FokkerPlanckConfig)
+    chain_mmd: ChainMMDConfig = field(default_factory=ChainMMDConfig)
     score_matching: ScoreMatchingConfig = field(default_factory=ScoreMatchingConfig)
     cm: CMConfig = field(default_factory=CMConfig)
     smd: SMDConfig = field(default_factory=SMDConfig)

@@ -36,8 +36,9 @@ from .runs import (TRAINING_COPIES, build_denoiser, lock_run, read_data_info, re
 
 # Settings that may change between a run and its resumption; anything else must match. (grad_accum and
 # mixed_precision change the rounding and, grad_accum, the noise draws, not what is optimised.)
-RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.log_every", "train.keep_last",
-                     "train.time_budget", "train.grad_accum", "train.mixed_precision", "train.log_with"}
+RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.log_every", "train.log_grad_norms",
+                     "train.keep_last", "train.time_budget", "train.grad_accum", "train.mixed_precision",
+                     "train.log_with"}
 # Optimisation settings that may change too (the model stays what it is: a diverged run resumes from its last good
 # checkpoint with a smaller lr); a resume says which changed.
 OPTIMISATION_CHANGES = {"train.lr", "train.weight_decay", "train.warmup_steps", "train.lr_schedule", "train.grad_clip",
@@ -200,11 +201,15 @@ class Trainer:
         except RuntimeError as e:
             raise DiffpropError(f"{d / 'rng.safetensors'}: not a valid generator state ({one_line(e)})") from None
         self.step = ckpt["state"]["step"]
+        if hasattr(self.objective, "load_state_dict") and (d / "regularizers.safetensors").is_file():
+            state = load_tensors(d / "regularizers.safetensors")
+            if any(v.ndim < 1 or len(v) != self.world for v in state.values()):
+                raise DiffpropError(f"{d / 'regularizers.safetensors'}: not one row per process ({self.world})")
+            self.objective.load_state_dict({k: v[self.rank].clone() for k, v in state.items()}, self.device)
         if self.target is not None:
             target = load_tensors(d / "target.safetensors")
             check_tensors(d / "target.safetensors", target, live)
             self.target.load_state_dict(target, self.step)
-
 
     def _trim_log(self) -> None:
         """Forget the log lines past the step training starts from (a resumed earlier checkpoint, a crash). A torn last
@@ -264,10 +269,13 @@ class Trainer:
             self.denoiser.train()
         scaled = self.acc.scaler is not None  # fp16: accelerate scales the loss and unscales before clipping
         value, parts = 0.0, {}
+        norms = tc.log_grad_norms and (self.step + 1) % tc.log_every == 0  # a step whose log line is written
         for i, x in enumerate(self.batch(self.step).chunk(n)):
             with self.acc.no_sync(self.net) if i < n - 1 else contextlib.nullcontext():
                 out = self.objective(self.denoiser, x, self.generator)
                 loss, micro = (out.value, out.logs) if isinstance(out, Term) else (out.mean(), {})
+                if norms and isinstance(out, Term) and out.parts:
+                    micro = {**micro, **{f"grad_norm.{k}": self._grad_norm_of(p) for k, p in out.parts.items()}}
                 v = self.acc.reduce(loss.detach(), "mean") if self.world > 1 else loss.detach()
                 if not torch.isfinite(v):
                     raise self._diverged(f"the loss is {v.item()}")
@@ -291,6 +299,13 @@ class Trainer:
         if self.target is not None:
             self.target.update(self.step)
         return value, grad_norm, parts
+
+    def _grad_norm_of(self, part: torch.Tensor) -> torch.Tensor:
+        """The gradient norm of one weighted part of the loss (an extra backward, the graph kept for the step's)."""
+        if not part.requires_grad:
+            return torch.zeros((), device=self.device)
+        grads = torch.autograd.grad(part, self._params, retain_graph=True, allow_unused=True)
+        return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads if g is not None] or [part.new_zeros(())]))
 
     def _diverged(self, what: str) -> DiffpropError:
         """The error that stops a diverged run: ``what`` is non-finite at step ``self.step + 1``, computed with the
@@ -318,13 +333,19 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state()
         # uint8 does not survive gloo's all-gather intact: ship the bytes as int64
         rng = {k: self.acc.gather(v.to(self.device, torch.int64)[None]).cpu().to(torch.uint8) for k, v in rng.items()}
+        # the regularizers' state (chain_mmd's replay buffer), one row per rank like the RNG states
+        state = self.objective.state_dict() if hasattr(self.objective, "state_dict") else {}
+        state = {k: self.acc.gather(v.to(self.device)[None]).cpu() for k, v in state.items()}
         path = None
         if self.acc.is_main_process:
+            more = {"target": self.target.state_dict()} if self.target is not None else {}
+            if state:
+                more["regularizers"] = state
             path = save_checkpoint(self.run_dir, self.step, model=self.acc.unwrap_model(self.net).state_dict(),
                                    ema=self.ema, optimizer=self.optimizer.state_dict(), rng=rng,
                                    extra={"world_size": self.world, "torch": torch.__version__},
                                    keep_last=self.cfg.train.keep_last,
-                                   more={"target": self.target.state_dict()} if self.target is not None else None)
+                                   more=more or None)
         self.acc.wait_for_everyone()
         return path
 

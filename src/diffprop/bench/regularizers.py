@@ -16,6 +16,8 @@ VARIANTS = {
     "consistency": ['objective.regularizers=["consistency"]'],
     "input_perturbation": ['objective.regularizers=["input_perturbation"]'],
     "fokker_planck": ['objective.regularizers=["fokker_planck"]'],
+    # the chain-started term (losses.chain_mmd): L steps of the model's own chain per training step
+    "chain_mmd L=5 grad=last": ['objective.regularizers=["chain_mmd"]', "chain_mmd.L=5", "chain_mmd.grad=last"],
 }
 
 
@@ -30,5 +32,6 @@ def regularizers_bench() -> dict:
         base = times["vanilla"]
         cases.append({"case": case, "vanilla_ms": round(base * 1e3, 2),
                       "relative": {n: round(v / base, 2) for n, v in times.items()}})
-    return {"rounds": ROUNDS, "steps_per_round": STEPS, "targets": {"epdm L=5 grad=last": 2.0, "consistency": 1.5},
+    return {"rounds": ROUNDS, "steps_per_round": STEPS, "targets": {"epdm L=5 grad=last": 2.0, "consistency": 1.5,
+                                                                 "chain_mmd L=5 grad=last": 2.0},
             "cases": cases}

@@ -26,17 +26,20 @@ LOSSES = {"denoising": ("diffprop.losses.denoising", "DenoisingLoss"),
 REGISTRY = {"epdm": ("diffprop.losses.epdm", "EPDM"),
             "consistency": ("diffprop.losses.consistency", "Consistency"),
             "input_perturbation": ("diffprop.losses.input_perturbation", "InputPerturbation"),
-            "fokker_planck": ("diffprop.losses.fokker_planck", "FokkerPlanck")}
+            "fokker_planck": ("diffprop.losses.fokker_planck", "FokkerPlanck"),
+            "chain_mmd": ("diffprop.losses.chain_mmd", "ChainMMD")}
 # regularizers defined on the discrete chain only, and why (refused with a continuous-time diffusion.process)
 DISCRETE_ONLY = {"epdm": "its bootstrapped chain of L ancestral steps and its time weights w_t are over integer "
                          "timesteps",
                  "consistency": "its reverse trajectories are DDPM sub-chains between integer timesteps",
-                 "fokker_planck": "its d/dt of the score is a stencil over integer timesteps"}
+                 "fokker_planck": "its d/dt of the score is a stencil over integer timesteps",
+                 "chain_mmd": "its buffer follows the DDPM chain over integer timesteps"}
 
 
 class Term(NamedTuple):
     value: torch.Tensor  # scalar
     logs: dict  # name -> float or 0-dim tensor (detached)
+    parts: dict | None = None  # name -> the weighted scalar it adds to ``value`` (not detached), for gradient norms
 
 
 def build_loss(cfg):
@@ -77,14 +80,28 @@ class Objective:
             self.denoising.attach(denoiser)
         return getattr(self.denoising, "target", None)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The regularizers' state (a replay buffer, say) as ``NAME.KEY`` tensors, for the checkpoint."""
+        return {f"{name}.{k}": v for name, (_, reg) in self.regularizers.items() if hasattr(reg, "state_dict")
+                for k, v in reg.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], device=None) -> None:
+        """Restore :meth:`state_dict`; a stateful regularizer without entries starts afresh."""
+        for name, (_, reg) in self.regularizers.items():
+            if hasattr(reg, "load_state_dict"):
+                reg.load_state_dict({k.removeprefix(f"{name}."): v for k, v in state.items()
+                                     if k.startswith(f"{name}.")}, device)
+
     def __call__(self, denoiser, x0: torch.Tensor, generator: torch.Generator) -> Term:
-        total, logs = x0.new_zeros(()), {}
+        total, logs, parts = x0.new_zeros(()), {}, {}
         if self.lambda_nl or not self.regularizers:  # lambda_nl = 0 (pure ADM-IP, say): skip the unused loss
             nl = self.denoising(denoiser, x0, generator).mean()
             total, logs = self.lambda_nl * nl, {self.name: nl.detach()}
+            parts[self.name] = total
         for name, (weight, reg) in self.regularizers.items():
             term = reg(denoiser, x0, generator)
-            total = total + weight * term.value
+            parts[name] = weight * term.value
+            total = total + parts[name]
             logs[name] = term.value.detach()
             logs.update({f"{name}.{k}": v for k, v in term.logs.items()})
-        return Term(total, logs)
+        return Term(total, logs, parts)
