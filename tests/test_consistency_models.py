@@ -169,6 +169,26 @@ def test_resume_is_bit_exact_with_the_target_network(tmp_path, capsys):
     assert (a / "model.safetensors").read_bytes() != (a / "target.safetensors").read_bytes()  # mu > 0: a real EMA
 
 
+def test_a_teacher_on_another_process_is_read_at_the_same_log_snr():
+    """The oracle on the discrete chain, asked through :class:`OnProcess` on EDM, is the oracle on EDM (the x0 it
+    predicts depends only on the noise-to-signal ratio and x / alpha)."""
+    from diffprop.losses.consistency_models import OnProcess
+    from diffprop.schedules import NoiseSchedule
+
+    mix, edm = ring_mixture(), EDM(sigma_data=2.0)
+    wrapped = OnProcess(OracleDenoiser(mix, NoiseSchedule.from_config("linear", 1000)), edm)
+    x = 2 * torch.randn(128, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.exp(torch.linspace(-3, 2, 128, dtype=torch.float64))  # sigma from 0.05 to 7.4 (inside the chain's)
+    assert torch.allclose(wrapped.predict(x, t).x0, OracleDenoiser(mix, edm).predict(x, t).x0, atol=1e-6)
+
+
+def test_cd_digits_config_names_a_missing_teacher_in_one_line(tmp_path, capsys):
+    cfg = Path(__file__).parents[1] / "configs" / "cd-digits.toml"
+    code, _, err = _cli(["train", cfg, "--out", tmp_path / "r", "--quiet", "--set", f"cm.teacher={tmp_path / 'none'}"],
+                        capsys)
+    assert code == 2 and "is neither 'oracle' nor a diffprop run folder" in err and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("sets, message", [
     (["objective.loss=cd"], "diffusion.parameterization = 'cm' (a consistency model) goes with objective.loss"),
     (["diffusion.process=edm", "objective.loss=ct"], "goes with objective.loss = 'cd' or 'ct'; got 'eps' with 'ct'"),

@@ -1,0 +1,38 @@
+"""``reproduce consistency`` at tiny scale: every row (CD and CT at 1, 2, 4 steps, the oracle teacher's DDIM and Heun
+at the same NFE), the figure and the report; the verdict and the NFE bookkeeping in closed form."""
+import csv
+
+from diffprop.experiments import consistency as exp
+
+
+def test_teacher_settings_spend_the_nfe():
+    assert exp.teacher_settings(1) == [("ddim", 1), ("heun", 1)]
+    assert exp.teacher_settings(4) == [("ddim", 4), ("heun", 2)]  # Heun: 2 steps - 1 = 3 evaluations
+
+
+def test_verdict_reads_the_goal_and_the_teacher_comparison():
+    base = {"sampler": "consistency", "seeds": 3, "kl_estimate": 0.5}
+    table = [{**base, "model": "cd", "steps": 1, "mode_coverage": 1.0, "high_quality_fraction": 0.7},
+             {**base, "model": "cd", "steps": 2, "mode_coverage": 1.0, "high_quality_fraction": 0.85},
+             {**base, "model": "oracle", "sampler": "ddim", "steps": 1, "kl_estimate": 3.8},
+             {**base, "model": "oracle", "sampler": "ddim", "steps": 2, "kl_estimate": 3.8}]
+    assert exp.verdict(table).startswith("yes") and "reached" in exp.verdict(table)
+    table[1]["high_quality_fraction"] = 0.5
+    assert exp.verdict(table).startswith("partly") and "not reached" in exp.verdict(table)
+    assert exp.verdict(table[2:]).startswith("undecided")
+
+
+def test_tiny_run_writes_every_row(tmp_path):
+    report = exp.run(tmp_path / "cm", "tiny", progress=False)
+    with open(tmp_path / "cm" / "table.csv") as f:
+        rows = list(csv.DictReader(f))
+    got = {(r["model"], r["sampler"], r["steps"]) for r in rows}
+    assert {(m, "consistency", str(k)) for m in ("cd", "ct") for k in (1, 2, 4)} <= got
+    assert {("oracle", "ddim", "4"), ("oracle", "heun", "2")} <= got
+    assert all(int(r["nfe"]) == int(r["steps"]) for r in rows if r["sampler"] in ("consistency", "ddim"))
+    # the teacher's one-step DDIM at sigma = 80 lands on the data mean, (0, 0): one mode, all of it within 4 std
+    ddim1 = next(r for r in rows if (r["model"], r["sampler"], r["steps"]) == ("oracle", "ddim", "1"))
+    assert float(ddim1["high_quality_fraction"]) > 0.99 and float(ddim1["mode_coverage"]) < 0.05
+    text = report.read_text()
+    assert "samples.png" in text and (tmp_path / "cm" / "samples.png").stat().st_size > 10_000
+    assert "**Reproduces?**" in text and "Song et al. (2023)" in text
