@@ -77,6 +77,12 @@ def test_rate_fit_recovers_a_power_law():
     assert n4 == 2 and math.isnan(p4)
     assert conv.judge(0.9, 0.1, 0.5) == "consistent" and conv.judge(0.2, 0.1, 0.5) == "not consistent"
     assert conv.judge(math.nan, math.nan, 0.5).startswith("not testable")
+    # an eps exponent below the bound's is no violation while the values stay under Thm 6.2's explicit bound
+    checks = [{"sampler": "em", "kl": 0.1, "kl_bound": 0.3, "kl_holds": True}]
+    assert conv.eps_verdict(1.5, 0.1, "em", "kl", checks).startswith("consistent: below the explicit bound")
+    checks[0].update(kl=0.5, kl_holds=False)
+    assert conv.eps_verdict(1.5, 0.1, "em", "kl", checks).startswith("not consistent")
+    assert conv.eps_verdict(1.5, 0.1, "heun", "kl", checks).startswith("not testable")
 
 
 def test_tiny_run_end_to_end(tmp_path, capsys):

@@ -61,8 +61,8 @@ class Scale:
 SCALES = {"tiny": Scale("gmm-ring", samples=256, w2_samples=128, steps=(8, 32), eps=(0.0, 1.0), seeds=1, floors=2,
                         bins=24),
           "small": Scale("gmm-ring", samples=2000, w2_samples=1000, steps=(16, 32, 64, 128, 256, 512),
-                         eps=(0.0, 0.25, 0.5, 1.0), seeds=3, floors=4, bins=64)}
-MINUTES = {"tiny": 0.2, "small": 10}
+                         eps=(0.0, 0.1, 0.3, 1.0), seeds=3, floors=4, bins=64)}
+MINUTES = {"tiny": 0.2, "small": 18}  # measured on 2 cores shared with ~6 other jobs (load 8-10)
 SAMPLERS = ("em", "ddpm", "pc", "heun")
 METRICS = ("kl", "tv", "w2")
 # exponents p of the bounds' h^p and eps^p, by metric: None where Tang & Zhao (2024) state no bound that applies
@@ -187,6 +187,11 @@ class Reference:
         out["w2"] = math.copysign(math.sqrt(abs(d)), d)
         return out
 
+    def excess_noise(self) -> dict:
+        """The excess of a reading one noise standard deviation above the floor (for W2 larger than the noise
+        itself: ``sqrt((floor + noise)^2 - floor^2)``)."""
+        return self.excess({m: self.floor[m] + self.noise[m] for m in METRICS})
+
 
 def prior_kl(oracle: OracleDenoiser, num: int = 200_000, seed: int = 0) -> float:
     """``KL(N(0, I) || q_{t_max})`` by Monte Carlo with the exact ``log q`` (004 Eq. 6.2's noise-approximation term,
@@ -223,7 +228,8 @@ def run_grid(oracle: OracleDenoiser, scale: Scale, seed: int, progress: bool = F
         h = (float(times[0]) - float(times[-2])) / max(n - 1, 1)
         rows.append({"seed": seed, "eps": eps, "sampler": sampler, "steps": n, "h": h, "nfe": res.nfe, **reading,
                      **{f"{m}_excess": v for m, v in ref.excess(reading).items()},
-                     **{f"{m}_noise": ref.noise[m] for m in METRICS}})
+                     **{f"{m}_noise": ref.noise[m] for m in METRICS},
+                     **{f"{m}_excess_noise": v for m, v in ref.excess_noise().items()}})
     return rows, ref
 
 
@@ -237,7 +243,8 @@ def h_rates(rows: list[dict]) -> list[dict]:
                 sel = sorted((r for r in rows if r["eps"] == 0 and r["sampler"] == sampler and r["seed"] == seed),
                              key=lambda r: r["h"])
                 if sel:
-                    per.append(fit_rate([r["h"] for r in sel], [r[f"{m}_excess"] for r in sel], sel[0][f"{m}_noise"]))
+                    per.append(fit_rate([r["h"] for r in sel], [r[f"{m}_excess"] for r in sel],
+                                        sel[0][f"{m}_excess_noise"]))
             out.append({"sampler": sampler, "metric": m, "fits": per})
     return out
 
@@ -350,7 +357,7 @@ def plot(rows: list[dict], out: Path) -> Path:
                 hs = sorted({r["h"] for r in sel})
                 y = [np.nanmean([r[f"{m}_excess"] for r in sel if r["h"] == h]) for h in hs]
                 ax.plot(hs, np.where(np.asarray(y) > 0, y, np.nan), "o-", ms=3, color=f"C{k}", label=f"eps = {e:g}")
-            noise = np.mean([r[f"{m}_noise"] for r in rows])
+            noise = np.mean([r[f"{m}_excess_noise"] for r in rows])
             ax.axhline(ABOVE * noise, color="0.5", ls="--", lw=0.8)
             q = H_BOUND[m] if sampler in STOCHASTIC else None
             if q is not None:
@@ -398,14 +405,33 @@ def distance_table(out: Path, rows: list[dict]) -> str:
     return md
 
 
-def rate_table(out: Path, h_fits: list[dict], e_fits: list[dict]) -> tuple[str, list[str]]:
+def eps_verdict(p: float, u: float, sampler: str, metric: str, checks: list[dict]) -> str:
+    """:func:`judge` of an eps exponent, where Thm 6.2 gives the bound's constant (KL, TV) decided by the bound's
+    value instead: an exponent below the bound's over a finite range of eps contradicts ``C eps^q`` only if the
+    measured values exceed it, which :func:`bound_checks` tests."""
+    v = judge(p, u, EPS_BOUND[metric], eps_reason(sampler, metric))
+    sel = [c for c in checks if c["sampler"] == sampler]
+    if v.startswith("not testable") or metric not in ("kl", "tv") or not sel:
+        return v
+    held = [bool(c[f"{metric}_holds"]) for c in sel]
+    if not all(held):
+        return f"not consistent: above the explicit bound in {len(held) - sum(held)} of {len(held)} cases"
+    if v == "consistent":
+        return v
+    ratio = max(c[metric] / c[f"{metric}_bound"] for c in sel)
+    return (f"consistent: below the explicit bound at every eps (at most {ratio:.2f} of it); the smaller exponent "
+            f"is that of finite eps")
+
+
+def rate_table(out: Path, h_fits: list[dict], e_fits: list[dict], checks: list[dict]) -> tuple[str, list[str]]:
     """``rates.csv`` and its Markdown: each fitted exponent beside the bound's, with the verdict."""
     lines, verdicts, recs = [], [], []
-    for kind, fits, bounds, reason in (("h", h_fits, H_BOUND, h_reason), ("eps", e_fits, EPS_BOUND, eps_reason)):
+    for kind, fits, bounds in (("h", h_fits, H_BOUND), ("eps", e_fits, EPS_BOUND)):
         for f in fits:
             p, u, n = summarize_fits(f["fits"])
             bound = bounds[f["metric"]]
-            v = judge(p, u, bound, reason(f["sampler"], f["metric"]))
+            v = judge(p, u, bound, h_reason(f["sampler"], f["metric"])) if kind == "h" else \
+                eps_verdict(p, u, f["sampler"], f["metric"], checks)
             verdicts.append(v)
             recs.append({"in": kind, "sampler": f["sampler"], "metric": f["metric"], "exponent": p,
                          "uncertainty": u, "seeds_fitted": n, "bound_exponent": bound if bound is not None else "",
@@ -490,8 +516,8 @@ def write_outputs(out: Path, rows: list[dict], scale: str, data: str) -> Path:
     kl_prior = prior_kl(OracleDenoiser(mixture, process))
     seeds = len({r["seed"] for r in rows})
     table = distance_table(out, rows)
-    rates, verdicts = rate_table(out, h_rates(rows), eps_rates(rows))
     checks = bound_checks(rows, process, kl_prior)
+    rates, verdicts = rate_table(out, h_rates(rows), eps_rates(rows), checks)
     fig = plot(rows, out / "convergence.png")
     B = float(process._B(process.t_max) - process._B(process.t_min))
     setup = (f"`{data}` ({mixture.num_components} modes of std {float(mixture.stds.max()):g}) under the VP "
