@@ -210,10 +210,16 @@ class InputPerturbationConfig:
 @dataclass
 class FokkerPlanckConfig:
     """FP-Diffusion (Lai et al. 2022): the score Fokker-Planck residual of the VP SDE."""
-    weight: float = _f(0.005, "overall weight of the FP penalty (at 1 the zero score, which satisfies the FP "
-                       "equation exactly, wins: learning stalls on gmm-grid; 0.005 measured to train)", min=0.0)
+    form: str = _f("literal", "literal: the public code's penalty g^2 |err|^2 / D^2 (its residual grows like "
+                   "sigma_t^-3 at small t); fixed: the residual in denoising-loss units, (2 sigma_t^3 / g^2)^2 "
+                   "|err|^2 / D, without the scalar part (see diffprop.losses.fokker_planck)",
+                   choices=("literal", "fixed"))
+    weight: float | None = _f(None, "overall weight of the FP penalty (absent: literal 0.005, fixed 1; at 1 the "
+                              "literal form's zero score, which satisfies the FP equation exactly, wins: learning "
+                              "stalls on gmm-grid; 0.005 measured to train)", min=0.0)
     alpha: float = _f(0.15, "weight of the squared residual", min=0.0)
-    beta: float = _f(0.01, "weight of the absolute right-hand side", min=0.0)
+    beta: float | None = _f(None, "weight of the absolute right-hand side (absent: literal 0.01, fixed 0)", min=0.0)
+    t_min: int | None = _f(None, "smallest timestep the residual is drawn at (absent: 1 + dt)", min=1)
     divergence: str = _f("auto", "exact (low dimension), hutchinson (one probe), auto: exact when D <= 8",
                          choices=("auto", "exact", "hutchinson"))
     dt: int = _f(1, "timestep offset of the 3-point finite difference in t", min=1)

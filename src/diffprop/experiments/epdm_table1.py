@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..losses.fokker_planck import FokkerPlanck
 from . import common
 from .tables import by_variant, compare, describe_tests, write_report, write_table
 
@@ -41,11 +42,12 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     table = write_table(study.out, rows, cols)
     tests = compare(by_variant(rows, cols), study.metric, "ddpm+epdm", [v for v in variants if v != "ddpm+epdm"])
     c = study.config(variants["adm-ip"], 0)
+    fp = FokkerPlanck.from_config(c)  # its preset weight and beta resolved
     setup = (f"{study.describe()} EPDM as the text of Li & van der Schaar (2024) has it (lambda_nl = 0.8, lambda_reg "
              f"= 0.2, L = 5, rho = 0.003, warm start). Baselines: Consistent DM weight {c.consistency.weight:g} "
              f"({c.consistency.steps} reverse steps within {c.consistency.window}); FP-Diffusion weight "
-             f"{c.fokker_planck.weight:g} (alpha "
-             f"{c.fokker_planck.alpha:g}, beta {c.fokker_planck.beta:g}); ADM-IP gamma {c.input_perturbation.gamma:g} "
+             f"{fp.weight:g} (alpha "
+             f"{fp.alpha:g}, beta {fp.beta:g}, {fp.form} form); ADM-IP gamma {c.input_perturbation.gamma:g} "
              "on the same DDPM backbone (the paper's ADM-IP row uses ADM).")
     return write_report(study.out, study.title, CLAIM, setup,
                         table + "\n" + describe_tests(tests, study.metric), {p: "samples" for p in study.pictures},

@@ -36,6 +36,7 @@ import math
 
 import torch
 
+from ..errors import DiffpropError
 from ..process import posterior_coefficients
 
 
@@ -52,6 +53,8 @@ def mixture_loss(denoiser, x_t: torch.Tensor, t: torch.Tensor, target: torch.Ten
     eta draws per example (``raw`` is called on ``k`` stacked copies of the batch: row ``j B + i`` is example
     ``i``, draw ``j``)."""
     B, shape, sched = x_t.shape[0], x_t.shape, denoiser.schedule
+    if sched.T < 2:
+        raise DiffpropError("smd.loss = 'mixture' needs diffusion.T >= 2 (at t = 1 its components take beta_tilde_2)")
     t = t.expand(B) if t.ndim == 0 else t
     flat = lambda a: a.reshape(a.shape[0], -1)  # noqa: E731
     raw = denoiser.raw(x_t.repeat(k, *[1] * (x_t.ndim - 1)), t.repeat(k), generator)
