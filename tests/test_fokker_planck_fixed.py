@@ -44,7 +44,8 @@ def test_literal_is_the_default_with_todays_weights():
     assert (reg.form, reg.weight, reg.alpha, reg.beta, reg.t_min) == ("literal", 0.005, 0.15, 0.01, None)
     fixed = FokkerPlanck.from_config(load_config(None, ["fokker_planck.form=fixed"]))
     assert (fixed.weight, fixed.beta) == (1.0, 0.0)
-    assert FokkerPlanck.from_config(load_config(None, ["fokker_planck.form=fixed", "fokker_planck.beta=0.2"])).beta == 0.2
+    set_beta = load_config(None, ["fokker_planck.form=fixed", "fokker_planck.beta=0.2"])
+    assert FokkerPlanck.from_config(set_beta).beta == 0.2
 
 
 def test_fixed_term_of_the_exact_oracle_is_at_its_floor_and_detects_eps_bias_0_1():

@@ -10,7 +10,6 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from diffprop.cli import main
-from diffprop.config import load_config
 from diffprop.denoisers import Denoiser, SMDDenoiser
 from diffprop.losses.denoising import regression_loss
 from diffprop.losses.smd_mixture import mixture_loss, mixture_nll

@@ -5,10 +5,10 @@ Schaar (2024)'s Eq. 14 as printed (minimised by a network that ignores eta); ``e
 draws; ``mixture``, the backward step's own cross-entropy with the draws' mixture
 (:mod:`diffprop.losses.smd_mixture`). Every model is the same SMD MLP (official variant) trained for the same steps
 and seeds, sampled with DDPM respaced to K steps for every K of the scale, and scored with the exact mixture
-metrics (:func:`diffprop.metrics.toy.mixture_metrics`, and the KL estimate of ``sample_metrics``): high-quality fraction, the Pearson chi-square divergence of
-the mode weights from uniform, the within-mode spread ratio and the KL estimate; ``eta_spread`` (from
-:mod:`.smd_grid`) says how much each model's x0-prediction moves with eta at t = T/2. Welch tests: mixture and
-energy against mse at every K.
+metrics (:func:`diffprop.metrics.toy.mixture_metrics`, and the KL estimate of ``sample_metrics``): high-quality
+fraction, the Pearson chi-square divergence of the mode weights from uniform, the within-mode spread ratio and the
+KL estimate; ``eta_spread`` (from :mod:`.smd_grid`) says how much each model's x0-prediction moves with eta at
+t = T/2. Welch tests: mixture and energy against mse at every K.
 """
 from __future__ import annotations
 
