@@ -155,7 +155,22 @@ _FLAG_HELP = {"snr": "pc: the Langevin corrector's signal-to-noise ratio (Song e
               "s_noise": "heun: scale of the churn noise (default 1)",
               "rtol": "ode: relative tolerance of the adaptive RK45 (default 1e-5)",
               "atol": "ode: absolute tolerance (default 1e-5)",
-              "method": "ode: scipy.integrate.solve_ivp's method (default RK45)"}
+              "method": "ode: scipy.integrate.solve_ivp's method (default RK45)",
+              "window": "ts-ddpm, ts-ddim: shift among the timesteps t - W/2 .. t + W/2 (Li et al. 2024; default 80)",
+              "cutoff": "ts-ddpm, ts-ddim: shift only at timesteps above this (default 300)",
+              "data_var": "ts-ddpm, ts-ddim: the data's variance per coordinate, matched as abar V + 1 - abar "
+                          "(default: none, the published 1 - abar)",
+              "variance": "ts-ddpm, ts-ddim: a state's variance over its own coordinates (sample, the published "
+                          "rule, for images) or over its group of 64 samples (group, for low-dimensional data)"}
+
+
+def _eps_scaling(s):
+    from .eps_scaling import parse_eps_scaling
+
+    try:
+        return parse_eps_scaling(s)
+    except DiffpropError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--eps-scaling {s[:40]!r}: ")) from None
 
 
 def _sampler_flags() -> dict:
@@ -184,6 +199,7 @@ def cmd_sample(args) -> None:
 
     from .data import to_data_units
     from .diffusers_io import same_chain_as_diffusers
+    from .eps_scaling import check_eps_scaling
     from .plots import plot_samples
     from .samplers import get_sampler, sample, sampler_times
 
@@ -204,8 +220,8 @@ def cmd_sample(args) -> None:
     sc = cfg.sample
     sampler = args.sampler or sc.sampler
     spec = get_sampler(sampler)
-    if sampler != "ddim" and (args.eta is not None or args.clipped_eps):
-        raise DiffpropError(f"--eta and --clipped-eps apply to --sampler ddim, not {sampler}")
+    if sampler not in ("ddim", "ts-ddim") and (args.eta is not None or args.clipped_eps):
+        raise DiffpropError(f"--eta and --clipped-eps apply to --sampler ddim, not {sampler} (ts-ddim takes them too)")
     fields = {f.name for f in dataclasses.fields(spec.options)}
     given = {k: getattr(args, k) for k in _sampler_flags() if getattr(args, k, None) is not None}
     if bad := sorted(given.keys() - fields):
@@ -215,9 +231,17 @@ def cmd_sample(args) -> None:
     clip = denoiser.clip_x0 if args.diffusers else (sc.clip_x0 or (1.0 if len(data["data_shape"]) == 3 else None))
     if args.clipped_eps and clip is None:
         raise DiffpropError("--clipped-eps needs x0 clipping, and this model samples without it")
+    base = sampler.removeprefix("ts-")  # the time-shift samplers take their base sampler's options
     options = {"eta": args.eta if args.eta is not None else sc.eta,
-               "clipped_eps": args.clipped_eps or sc.clipped_eps} if sampler == "ddim" else \
-        {"var_type": denoiser.var_type} if sampler == "ddpm" else given
+               "clipped_eps": args.clipped_eps or sc.clipped_eps} if base == "ddim" else \
+        {"var_type": denoiser.var_type} if base == "ddpm" else {}
+    options.update(given)
+    if base != sampler and getattr(denoiser.process, "T", None) is None:
+        raise DiffpropError(f"--sampler {sampler}: time-shift sampling picks among the timesteps of the discrete "
+                            f"chain; the {denoiser.process.name} process has none")
+    if args.eps_scaling:
+        check_eps_scaling(*args.eps_scaling, denoiser.process.t_max)
+        options["eps_scaling"] = args.eps_scaling
     if "clip_x0" in fields:
         options["clip_x0"] = clip
     # a diffusers checkpoint respaces as its scheduler says (timestep_spacing, steps_offset) where diffusers has the
@@ -462,6 +486,58 @@ def cmd_export(args) -> None:
     print(f"wrote a diffusers DDPMPipeline to {out} (DDPMPipeline.from_pretrained({str(out)!r}) loads it)")
 
 
+def cmd_tune(args) -> None:
+    from .data import load_dataset, to_data_units
+    from .samplers import SAMPLERS
+    from .tune import BASES, GRIDS, METHODS, frechet, halves, mixture_kl, tune
+
+    if args.method not in METHODS:
+        raise DiffpropError(f"unknown method {args.method!r}; allowed: {', '.join(METHODS)}")
+    if args.sampler not in SAMPLERS or args.sampler.startswith("ts-"):
+        raise DiffpropError(f"--sampler {args.sampler}: give a plain sampler ({', '.join(BASES)} for time-shift)")
+    if args.method == "time-shift" and args.sampler not in BASES:
+        raise DiffpropError(f"time-shift applies to --sampler {' or '.join(BASES)}, not {args.sampler}")
+    if args.cutoff is not None and args.method != "time-shift":
+        raise DiffpropError("--cutoff applies to --method time-shift")
+    try:
+        grid = [float(v) for v in args.grid.split(",")] if args.grid else list(GRIDS[args.method])
+    except ValueError:
+        raise DiffpropError(f"--grid {args.grid[:40]!r}: expected a comma list of numbers") from None
+    denoiser, cfg, data, meta, device = _denoiser_for(args)
+    name = data["name"]
+    out = _writable_out(Path(args.out or (Path(args.run_dir) / f"tune-{args.method}.json" if args.run_dir else
+                                          f"runs/tune-{args.method}-{name}.json")), folder=False)
+    ds = load_dataset(name, **({"image_size": data["data_shape"][-1]} if len(data["data_shape"]) == 3 else {}))
+    options = {"var_type": denoiser.var_type} if args.sampler == "ddpm" else {}
+    if ds.mixture is not None:
+        tune_q = eval_q = mixture_kl(ds.mixture)
+        quality = "kl"
+        if args.method == "time-shift":  # low-dimensional data: pooled variance, matched with the data's share
+            options.update(variance="group", data_var=float(ds.from_data_units(ds.x).double().var(0).mean()))
+    elif ds.is_image:
+        from .metrics.features import get_extractor
+
+        extractor = get_extractor(None, tuple(ds.data_shape), dataset_name=name, device=device)
+        tune_ref, eval_ref = halves(ds.x)
+        tune_q, eval_q = frechet(tune_ref, extractor), frechet(eval_ref, extractor)
+        quality = "fd"
+    else:
+        raise DiffpropError(f"{name}: tune needs a known density (gmm-grid, gmm-ring) or images (digits)")
+    if args.method == "time-shift" and args.cutoff is not None:
+        options["cutoff"] = args.cutoff
+    result = tune(denoiser, tuple(data["data_shape"]), args.method, tune_quality=tune_q, eval_quality=eval_q,
+                  quality_name=quality, sampler=args.sampler, steps=args.steps, grid=grid, num=args.num,
+                  tune_seed=args.tune_seed, eval_seed=args.seed, options=options, device=device,
+                  to_data=lambda x: to_data_units(x, data.get("scaler")), progress=not args.quiet)
+    result.update(model=meta["model"], dataset=name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    ev = result["evaluation"]
+    print(f"{args.method}: chose {result['chosen']:g} of {len(grid)} values (tuning seed {args.tune_seed}); on seed "
+          f"{args.seed} {quality} {ev['baseline'][quality]:.4g} (plain) -> {ev['chosen'][quality]:.4g}")
+    print(f"wrote {out}")
+
+
 def cmd_reproduce(args) -> None:
     from .experiments import get_experiment, listing
 
@@ -472,12 +548,14 @@ def cmd_reproduce(args) -> None:
     if args.scale not in exp.SCALES:
         raise DiffpropError(f"{args.name}: scale {args.scale!r} is not available; allowed: {', '.join(exp.SCALES)}")
     options = {k: v for k, v in (("data", args.data), ("inception_weights", args.inception_weights),
-                                 ("force", args.force)) if v}
+                                 ("force", args.force), ("jobs", args.jobs if args.jobs > 1 else None)) if v}
     takes = inspect.signature(exp.run).parameters
     if not any(p.kind == p.VAR_KEYWORD for p in takes.values()):
         refused = [f"--{k.replace('_', '-')}" for k in options if k not in takes]
         if refused:
-            raise DiffpropError(f"{args.name} does not take {', '.join(refused)} (it has its own fixed data and scale)")
+            why = "it trains its runs one after another" if refused == ["--jobs"] else \
+                "it has its own fixed data and scale"
+            raise DiffpropError(f"{args.name} does not take {', '.join(refused)} ({why})")
     folder = f"{args.name}-{args.scale}" + (f"-{args.data.split(':')[0]}" if args.data else "")
     report = exp.run(_writable_out(Path(args.out or Path("runs") / "reproduce" / folder), folder=True), args.scale,
                      args.seeds,
@@ -579,6 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "the run's sample.spacing, else the sampler's own; with --diffusers, ddpm and ddim, the "
                    "scheduler's)")
     _add_sampler_flags(s)
+    s.add_argument("--eps-scaling", type=_eps_scaling, metavar="B[,K]", help="epsilon scaling (Ning et al. 2024), "
+                   "any sampler: the model's noise prediction divided by lambda(t) = B + K t, t the timestep "
+                   "(default: off; B slightly above 1, e.g. 1.005; K default 0). Not --eps-scale, which multiplies "
+                   "the oracle's prediction to put a defect in it")
     s.add_argument("--num", type=_positive(int, MAX_SAMPLES), help=f"number of samples, at most {MAX_SAMPLES} "
                    f"(default: the run's sample.num)")
     s.add_argument("--batch-size", type=_positive(int), help="sampling batch size")
@@ -698,6 +780,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(fn=cmd_demo)
 
+    tn = sub.add_parser("tune", help="pick epsilon scaling's lambda or the time-shift window on held-out draws",
+                        description="Search the one parameter of a training-free exposure-bias fix: epsilon "
+                        "scaling's lambda = B (Ning et al. 2024) or the time-shift sampler's window (Li et al. 2024), "
+                        "choosing the value of least exact KL (Gaussian-mixture data) or Frechet distance in the "
+                        "digits classifier's features (digits; half the data) on samples of --tune-seed, then "
+                        "scoring the plain sampler and the chosen value on samples of --seed (and the other half of "
+                        "the data). Writes JSON: the grid, each value's quality, the choice, the evaluation.")
+    _add_model_source(tn, "with --diffusers: the data it was trained on (required)")
+    tn.add_argument("--method", required=True, choices=("eps-scaling", "time-shift"), help="the fix to tune")
+    tn.add_argument("--sampler", default="ddim", help="the sampler fixed: any for eps-scaling, ddpm or ddim for "
+                    "time-shift (which runs ts-ddpm or ts-ddim; default ddim)")
+    tn.add_argument("--steps", type=_positive(int), help="sampling steps (default: the sampler's)")
+    tn.add_argument("--grid", metavar="V1,V2,...", help="values searched (default: B in 0.9 .. 1.1 for eps-scaling, "
+                    "windows 0, 2, 4, .., 128 for time-shift)")
+    tn.add_argument("--cutoff", type=_positive(int), help="time-shift: no shift at or below this timestep "
+                    "(default 300)")
+    tn.add_argument("--num", type=_positive(int, MAX_SAMPLES), default=1000, help="samples per value (default 1000)")
+    tn.add_argument("--tune-seed", type=_seed, default=1, help="seed of the draws the value is chosen on (default 1)")
+    tn.add_argument("--seed", type=_seed, default=0, help="seed of the final evaluation's draws (default 0)")
+    tn.add_argument("--out", help="output JSON (default: RUN_DIR/tune-METHOD.json or runs/tune-METHOD-DATASET.json)")
+    tn.add_argument("--quiet", action="store_true", help="no progress bars")
+    tn.set_defaults(fn=cmd_tune)
+
     r = sub.add_parser("reproduce", help="reproduce a paper's table or figure (see --list)",
                        description="Run one of the papers' experiments at a scale and write its table (CSV, "
                        "Markdown), figures and report.md (the claim, what we measured, whether it reproduces).")
@@ -712,6 +817,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "digits (pt_inception-2015-12-05-6726825d.pth; never downloaded)")
     r.add_argument("--force", action="store_true", help="run a paper-scale reproduction without a GPU")
     r.add_argument("--out", help="output folder (default: runs/reproduce/NAME-SCALE, with -DATA when --data is given)")
+    r.add_argument("--jobs", type=_positive(int, 64), default=1, help="train the reproduction's independent runs in "
+                   "this many processes at once, each with its share of the CPU threads (default 1); results do not "
+                   "depend on it")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_reproduce)
 

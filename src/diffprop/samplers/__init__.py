@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from ..eps_scaling import scaled_step
 from ..errors import DiffpropError
 from ..noise import BLOCK, SampleNoise
 from .base import SamplerOutput
@@ -24,6 +25,7 @@ from .ddpm import ddpm, ddpm_step
 from .driver import sample_from
 from .ode import euler_step, heun_step, rk45_step
 from .sde import em_step, langevin_step, pc_step, reverse_diffusion_step
+from .time_shift import CUTOFF, WINDOW, check_time_shift, ts_ddim_step, ts_ddpm_step
 
 
 @dataclass
@@ -56,6 +58,27 @@ class HeunOptions:
     s_tmin: float = 0.0
     s_tmax: float = math.inf
     s_noise: float = 1.0
+
+
+@dataclass
+class TimeShiftOptions:  # Li et al. 2024's window and cutoff, in timesteps (samplers.time_shift)
+    window: int = WINDOW
+    cutoff: int = CUTOFF
+    data_var: float | None = None  # None: the published rule, the noise's variance 1 - abar alone
+    variance: str = "sample"  # or "group": pooled over BLOCK consecutive samples (low-dimensional data)
+
+    def __post_init__(self):
+        check_time_shift(self.window, self.cutoff, self.data_var, self.variance)
+
+
+@dataclass
+class TSDDPMOptions(TimeShiftOptions, DDPMOptions):
+    pass
+
+
+@dataclass
+class TSDDIMOptions(TimeShiftOptions, DDIMOptions):
+    pass
 
 
 ODE_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")  # scipy.integrate.solve_ivp's
@@ -97,6 +120,10 @@ SAMPLERS = {
                            skip_t_min=True),
     "ode": Sampler(rk45_step, ODEOptions, 2, "uniform", "adaptive RK45 on the probability-flow ODE (scipy), "
                    "t_max to t_min then denoise"),
+    "ts-ddpm": Sampler(ts_ddpm_step, TSDDPMOptions, None, None, "DDPM from the time whose noise level matches the "
+                       "state's variance (time-shift sampler, Li et al. 2024)"),
+    "ts-ddim": Sampler(ts_ddim_step, TSDDIMOptions, 50, "quadratic", "DDIM with the time-shift sampler (Li et al. "
+                       "2024)"),
 }
 NOISE = ("sample", "stream")
 
@@ -107,9 +134,10 @@ def get_sampler(name: str) -> Sampler:
     return SAMPLERS[name]
 
 
-def make_step(name: str, steps: int | None = None, **options) -> Callable:
+def make_step(name: str, steps: int | None = None, eps_scaling=None, **options) -> Callable:
     """The named step with its options bound (unknown options refused); Heun's ``churn`` becomes EDM's per-step
-    ``gamma = min(churn / steps, sqrt(2) - 1)``."""
+    ``gamma = min(churn / steps, sqrt(2) - 1)``. ``eps_scaling`` (any sampler): ``b`` or ``(b, k)``, the step then
+    sees the denoiser's noise prediction divided by ``b + k t`` (:mod:`diffprop.eps_scaling`, Ning et al. 2024)."""
     spec = get_sampler(name)
     fields = {f.name for f in dataclasses.fields(spec.options)}
     bad = sorted(set(options) - fields)
@@ -122,7 +150,7 @@ def make_step(name: str, steps: int | None = None, **options) -> Callable:
     if name == "heun":
         s_churn = opts.pop("churn")
         opts["gamma"] = min(s_churn / max(steps or spec.default_steps, 1), math.sqrt(2) - 1) if s_churn > 0 else 0.0
-    return partial(spec.step, **opts)
+    return scaled_step(partial(spec.step, **opts), eps_scaling)
 
 
 def sampler_times(denoiser, name: str, steps: int | None = None, grid: str | None = None,
@@ -181,4 +209,5 @@ def sample(denoiser, num: int, shape: tuple[int, ...], *, sampler: str = "ddpm",
 
 __all__ = ["SAMPLERS", "Sampler", "SamplerOutput", "ddim", "ddim_step", "ddpm", "ddpm_step", "em_step",
            "consistency_step", "euler_step", "get_sampler", "heun_step", "langevin_step", "make_step", "pc_step",
-           "reverse_diffusion_step", "rk45_step", "sample", "sample_from", "sampler_times"]
+           "reverse_diffusion_step", "rk45_step", "sample", "sample_from", "sampler_times", "ts_ddim_step",
+           "ts_ddpm_step"]
