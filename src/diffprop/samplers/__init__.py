@@ -115,15 +115,15 @@ SAMPLERS = {
     "euler": Sampler(euler_step, NoOptions, 250, "edm", "Euler on the probability-flow ODE"),
     "heun": Sampler(heun_step, HeunOptions, 25, "edm", "Heun on the probability-flow ODE (Karras et al. 2022), "
                     "2 steps - 1 evaluations"),
-    "consistency": Sampler(consistency_step, NoOptions, 1, "edm", "consistency sampling (Song et al. 2023 Alg. 1): "
-                           "x0 = f(x, t), re-noised to the next time; 1 step or several on the rho = 7 grid",
-                           skip_t_min=True),
     "ode": Sampler(rk45_step, ODEOptions, 2, "uniform", "adaptive RK45 on the probability-flow ODE (scipy), "
                    "t_max to t_min then denoise"),
     "ts-ddpm": Sampler(ts_ddpm_step, TSDDPMOptions, None, None, "DDPM from the time whose noise level matches the "
                        "state's variance (time-shift sampler, Li et al. 2024)"),
     "ts-ddim": Sampler(ts_ddim_step, TSDDIMOptions, 50, "quadratic", "DDIM with the time-shift sampler (Li et al. "
                        "2024)"),
+    "consistency": Sampler(consistency_step, NoOptions, 1, "edm", "consistency sampling (Song et al. 2023 Alg. 1): "
+                           "x0 = f(x, t), re-noised to the next time; 1 step or several on the rho = 7 grid",
+                           skip_t_min=True),
 }
 NOISE = ("sample", "stream")
 
