@@ -15,14 +15,11 @@ Running it again reuses finished training runs of the same configs.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .checkpoint import list_checkpoints
 from .config import Config, config_from_dict
 from .demo_recipes import EPDM, HIGH_QUALITY, RECIPES, REPORTED, Recipe
 from .data import load_dataset
@@ -32,9 +29,9 @@ from .metrics.toy import sample_metrics
 from .oracle import OracleDenoiser
 from .plots import plot_headline, plot_loss, plot_scatter
 from .report import write_html
-from .runs import load_run, made_with
+from .run_cache import train_or_reuse
+from .runs import load_run
 from .samplers import sample
-from .training import Trainer
 
 def demo_configs(recipe: Recipe) -> dict[str, Config]:
     """``base`` (with fine-tunes), ``ddpm`` and ``epdm``: the recipe's runs."""
@@ -51,14 +48,11 @@ def demo_configs(recipe: Recipe) -> dict[str, Config]:
 def _train(cfg: Config, run_dir: Path, progress: bool, init_from: Path | None = None, force: bool = False) -> float:
     """Train unless ``run_dir`` already holds a finished run of exactly this config (and ``force`` is off); returns
     seconds spent."""
-    done = list_checkpoints(run_dir)
-    if not force and done and made_with(run_dir, cfg) and done[-1].name == f"step_{cfg.train.steps:08d}":
+    record = train_or_reuse(cfg, run_dir, progress=progress, init_from=init_from, force=force)
+    if record["reused"]:
         return 0.0
-    shutil.rmtree(run_dir, ignore_errors=True)
-    t0 = time.perf_counter()
-    Trainer(cfg, run_dir, progress=progress, init_from=init_from).train()
     plot_loss(run_dir / "log.jsonl", run_dir / "loss.png")
-    return time.perf_counter() - t0
+    return record["seconds"]
 
 
 def _table(rows: dict[str, dict]) -> str:

@@ -8,31 +8,23 @@ reproduction continues where it stopped; so is one that a sibling reproduction (
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import tempfile
-import time
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..checkpoint import list_checkpoints, read_json
+from ..checkpoint import read_json
 from ..config import Config, load_config
 from ..data import load_dataset
-from ..diagnostics.propagation import Propagation, propagation
+from ..diagnostics.propagation import Propagation
 from ..errors import DiffpropError
-from ..metrics.toy import sample_metrics
-from ..oracle import OracleDenoiser
-from ..plots import plot_image_grid, plot_scatter
 from ..runs import load_run, made_with
-from ..samplers import sample
 from ..training import Trainer
 from . import gpu
+from .evaluation import SAMPLE_BATCH, Evaluator, slug  # noqa: F401 (SAMPLE_BATCH: the reproductions' batch)
+from ..run_cache import RECORD, finished, train_all, train_or_reuse
 
 
 @dataclass(frozen=True)
@@ -69,7 +61,6 @@ SCALES = {
                           "train.mixed_precision=auto", "train.checkpoint_every=10000", "train.log_every=100"),
                    mlp=("model.width=256", "model.depth=4"), unet="ddpm-cifar10", gpu=True),
 }
-SAMPLE_BATCH = 1000
 
 
 def config_for(s: Scale, data: str, image: bool, extra: list[str], seed: int) -> Config:
@@ -91,11 +82,6 @@ def paper_hours(s: Scale, variants: dict[str, list[str]], curves: int = 0, passe
     return h["train"] + h["sample"]
 
 
-def slug(variant: str) -> str:
-    """A variant's name as a file name: runs of other characters than letters, digits and ``=._+-`` become ``-``."""
-    return re.sub(r"[^A-Za-z0-9=._+-]+", "-", variant).strip("-")
-
-
 def log(message: str) -> None:
     print(message, flush=True)
 
@@ -108,12 +94,14 @@ def curve_lists(result: Propagation) -> dict[str, dict[str, list]]:
 
 
 class Study:
-    """One reproduction ``name`` at scale ``scale_name`` writing into ``out``."""
+    """One reproduction ``name`` at scale ``scale_name`` writing into ``out``: its configs, its runs (trained once,
+    :mod:`diffprop.run_cache`, ``jobs`` at a time), their scores (:class:`.evaluation.Evaluator`, also as ``draw``,
+    ``quality``, ``curves``, ...) and the report's setup sentence."""
 
     def __init__(self, name: str, out: Path, scale_name: str, scale: Scale, seeds: int | None, progress: bool, *,
-                 data: str | None = None, inception_weights: str | None = None, force: bool = False):
+                 data: str | None = None, inception_weights: str | None = None, force: bool = False, jobs: int = 1):
         self.name, self.out, self.scale_name, self.scale = name, Path(out), scale_name, scale
-        self.seeds, self.progress, self.force = seeds or scale.seeds, progress, force
+        self.seeds, self.progress, self.force, self.jobs = seeds or scale.seeds, progress, force, jobs
         self.data_name = data or scale.data
         if self.data_name is None:
             raise DiffpropError(f"{name} --scale {scale_name} trains on the paper's data: give it with --data "
@@ -131,15 +119,16 @@ class Study:
         if self.image and self.data_name != "digits" and inception_weights is None:
             raise DiffpropError(f"{name}: FID on {self.data_name} needs the Inception-v3 weights: --inception-weights "
                                 f"PATH (pt_inception-2015-12-05-6726825d.pth)")
-        # the quality metric the tables test: FID-style for images; the exact KL(p_theta(x_0) || q(x_0)), i.e. 000's
-        # cumulative error at t = 0 (Def. 3.2), for Gaussian mixtures; sliced W1 otherwise (all lower is better)
-        self.metric = "fd" if self.image else "kl_estimate" if self.dataset.mixture is not None else \
-            "sliced_wasserstein"
-        self.columns = (("fd", "kid", "mmd_rbf") if self.image else
-                        ("kl_estimate", "high_quality_fraction", "mode_coverage", "mode_weight_tv",
-                         "within_mode_std_ratio") if self.dataset.mixture is not None else
-                        ("sliced_wasserstein", "mmd_rbf"))
+        self.evaluator = Evaluator(self.dataset, self.data_name, scale, self.out, progress, inception_weights)
+        self.metric, self.columns = self.evaluator.metric, self.evaluator.columns
+        ev = self.evaluator  # what a reproduction scores with, under the names it has always used
+        self.draw, self.quality, self.picture, self.curves, self.grid, self.oracle, self.device = \
+            ev.draw, ev.quality, ev.picture, ev.curves, ev.grid, ev.oracle, ev.device
         self.pictures: list[str] = []  # (``out`` is made by the first training run: nothing is written before)
+
+    @property
+    def extractor(self):
+        return self.evaluator.extractor
 
     @property
     def title(self) -> str:
@@ -161,35 +150,36 @@ class Study:
             raise DiffpropError(f"{self.name} --scale {self.scale_name} needs a CUDA GPU (estimate above); "
                                 f"--force runs it here anyway")
 
+    def run_dir(self, variant: str, seed: int) -> Path:
+        return self.out / "runs" / f"{slug(variant)}-seed{seed}"
+
     def train(self, variant: str, extra: list[str], seed: int) -> dict:
-        """Train one run, reuse a finished one of the same config or resume an unfinished one from its latest
-        checkpoint (step budgets only); its record: folder, steps, seconds (of this session's training)."""
-        cfg = self.config(extra, seed)
-        run_dir = self.out / "runs" / f"{slug(variant)}-seed{seed}"
-        done = run_dir / "train.json"
-        same = made_with(run_dir, cfg)
-        if same and done.is_file():  # (the folder may have moved since)
-            return {"variant": variant, "seed": seed, **read_json(done, "training record"), "dir": str(run_dir)}
-        if not same and (other := self.finished_elsewhere(cfg)) is not None:
-            return {"variant": variant, "seed": seed, **read_json(other / "train.json", "training record"),
+        """Train one run, reuse a finished one of the same config (here or in a sibling reproduction) or resume an
+        unfinished one from its latest checkpoint (step budgets only); its record: folder, steps, seconds (of this
+        session's training)."""
+        cfg, run_dir = self.config(extra, seed), self.run_dir(variant, seed)
+        if not finished(run_dir, cfg) and (other := self.finished_elsewhere(cfg)) is not None:
+            return {"variant": variant, "seed": seed, **read_json(other / RECORD, "training record"),
                     "dir": str(other), "shared": True}
-        resume = "latest" if same and not cfg.train.time_budget and list_checkpoints(run_dir) else None
-        if resume is None:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        t0 = time.perf_counter()
-        trainer = Trainer(cfg, run_dir, resume=resume, progress=self.progress)
-        start = trainer.step
-        trainer.train()
-        seconds = time.perf_counter() - t0
-        record = {"dir": str(run_dir), "steps": trainer.step, "seconds": round(seconds, 2),
-                  "ms_per_step": round(1e3 * seconds / max(trainer.step - start, 1), 3)}
-        done.write_text(json.dumps(record))
-        return {"variant": variant, "seed": seed, **record}
+        return {"variant": variant, "seed": seed, **train_or_reuse(cfg, run_dir, progress=self.progress)}
+
+    def train_all(self, variants: dict[str, list[str]]) -> None:
+        """Every variant x seed trained (or reused) before they are scored, ``jobs`` runs at a time in separate
+        processes (with ``jobs = 1`` nothing: :meth:`train` trains each when it is needed)."""
+        if self.jobs == 1:
+            return
+        if self.scale.time_budget:
+            raise DiffpropError(f"{self.name} trains each run for {self.scale.time_budget:g} s of wall clock, which "
+                                f"runs in parallel would share: run it with --jobs 1")
+        todo = [(self.config(extra, seed), self.run_dir(variant, seed))
+                for seed in range(self.seeds) for variant, extra in variants.items()]
+        todo = [(cfg, d) for cfg, d in todo if not finished(d, cfg) and self.finished_elsewhere(cfg) is None]
+        train_all(todo, self.jobs, self.progress, desc=f"{self.name}: training")
 
     def finished_elsewhere(self, cfg: Config) -> Path | None:
         """A finished run of config ``cfg`` made by a sibling reproduction (``OUT/../*/runs/*``): 002's Table 1, Fig. 3
         and Fig. 4 train the same DDPM and SMD models, so each is trained once."""
-        for done in sorted(self.out.parent.glob("*/runs/*/train.json")):
+        for done in sorted(self.out.parent.glob(f"*/runs/*/{RECORD}")):
             run_dir = done.parent
             if run_dir.parent.parent.resolve() != self.out.resolve() and made_with(run_dir, cfg):
                 return run_dir
@@ -205,47 +195,11 @@ class Study:
                         for v, extra in variants.items()}
             return {v: 1e3 * s for v, s in time_side_by_side(trainers, rounds, steps).items()}
 
-    # -- evaluation -----------------------------------------------------------------------------------
-    @cached_property
-    def extractor(self):
-        from ..metrics.features import get_extractor
-
-        return get_extractor(None, self.dataset.data_shape, dataset_name=self.data_name.split(":")[0],
-                             inception_weights=self.inception_weights, device=self.device)
-
-    @property
-    def device(self) -> str:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
-    def draw(self, denoiser, num: int, seed: int, sampler: str = "ddpm", steps: int | None = None,
-             cache: Path | None = None) -> torch.Tensor:
-        """``num`` samples: DDPM with T steps (sigma_t^2 the run's ``diffusion.var_type``) unless ``sampler`` /
-        ``steps`` (respaced) say otherwise; images clip x0 to [-1, 1]. With ``cache`` (a run's folder) they are kept there and drawn once:
-        sibling reproductions sharing a run, and re-runs, score the same samples without sampling again."""
-        path = cache / "samples" / f"{sampler}-K{steps or 'T'}-n{num}-seed{seed}.safetensors" if cache else None
-        if path is not None and path.is_file():
-            return load_file(path)["x"]
-        x = sample(denoiser.to(self.device), num, tuple(self.dataset.data_shape), sampler=sampler, steps=steps,
-                   seed=seed, device=self.device, batch_size=SAMPLE_BATCH, progress=self.progress,
-                   clip_x0=1.0 if self.image else None).x.float().cpu()
-        if path is not None:
-            path.parent.mkdir(exist_ok=True)
-            tmp = path.with_name(f".tmp-{path.name}")
-            save_file({"x": x.contiguous()}, tmp)
-            os.replace(tmp, path)  # whole or absent, should the process stop here
-        return x
-
-    def quality(self, x: torch.Tensor, seed: int) -> dict:
-        if self.image:
-            from ..metrics.images import image_metrics
-
-            return image_metrics(x, self.dataset.x, self.extractor, seed=seed)
-        return sample_metrics(x, self.dataset.x, self.dataset.mixture, seed=seed)
-
     def train_and_score(self, variants: dict[str, list[str]], kernels=(), score: bool = True) -> list[dict]:
         """Every variant x seed trained, scored on its samples (``score``) and measured with ``kernels`` (each row's
         ``curves[kernel]``: lists ``t``, ``cumulative``, ``modular``, ``floor``, ``amplification``); seed 0's
         samples are pictured (``self.pictures``). The rows also go to ``runs.json``."""
+        self.train_all(variants)
         rows, pictures = [], {}
         todo = [(seed, variant, extra) for seed in range(self.seeds) for variant, extra in variants.items()]
         bar = tqdm(todo, desc=f"{self.name}: runs", unit="run", disable=not self.progress)  # overall, with ETA
@@ -265,36 +219,6 @@ class Study:
         self.pictures = self.picture(pictures)
         (self.out / "runs.json").write_text(json.dumps(rows, indent=1))
         return rows
-
-    def picture(self, samples: dict[str, torch.Tensor]) -> list[str]:
-        """Samples of each variant: one scatter figure for 2-D data, one image grid per variant for images."""
-        if not samples:
-            return []
-        if self.image:
-            for variant, x in samples.items():
-                plot_image_grid(x.numpy(), self.out / f"samples-{slug(variant)}.png")
-            return [f"samples-{slug(v)}.png" for v in samples]
-        if self.dataset.data_shape == (2,):
-            plot_scatter({v: x.numpy() for v, x in samples.items()}, self.out / "samples.png",
-                         reference=self.dataset.x[:5000].numpy())
-            return ["samples.png"]
-        return []
-
-    # -- error propagation (000 Sec. 4) ---------------------------------------------------------------
-    def grid(self, T: int) -> list[int]:
-        return sorted({max(1, min(T, round(t * T / self.scale.T))) for t in self.scale.grid})
-
-    def oracle(self, schedule) -> OracleDenoiser | None:
-        return OracleDenoiser(self.dataset.mixture, schedule) if self.dataset.mixture is not None else None
-
-    def curves(self, denoiser, kernels, seed: int, exact: bool = False) -> Propagation:
-        """``denoiser``'s propagation profile (000 Eq. 12-13, N = M = ``num``); ``exact`` adds the KL columns."""
-        reference = self.dataset.x[torch.randperm(len(self.dataset.x), generator=torch.Generator().manual_seed(seed))]
-        return propagation(denoiser.to(self.device), reference[:max(4 * self.scale.num, 4000)].to(self.device),
-                           num=self.scale.num, grid=self.grid(denoiser.schedule.T), kernels=tuple(kernels),
-                           num_permutations=self.scale.permutations, seed=seed, device=self.device,
-                           batch_size=SAMPLE_BATCH, progress=self.progress,
-                           oracle=self.oracle(denoiser.schedule) if exact else None)
 
     def describe(self, scored: bool = True) -> str:
         """The setup sentence every report starts with (``scored``: with the quality metric's)."""

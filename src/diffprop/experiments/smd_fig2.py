@@ -39,6 +39,7 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     study = common.Study("smd-fig2", out, scale, SCALES[scale], seeds, progress, **options)
     every = study.scale.steps // SNAPSHOTS[scale]
     keep = [f"train.checkpoint_every={every}", f"train.keep_last={SNAPSHOTS[scale]}"]
+    study.train_all({v: extra + keep for v, extra in VARIANTS.items()})
     rows, panels = [], {}
     for seed in range(study.seeds):
         for variant, extra in VARIANTS.items():

@@ -34,6 +34,7 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
         raise DiffpropError(f"smd-fig3 scores images (F1 on image features); {study.data_name} is not an "
                                    f"image dataset")
     study.announce(VARIANTS, passes=len(SAMPLERS) * sum(STEPS[scale]) / study.scale.T)
+    study.train_all(VARIANTS)
     rows = []
     for seed in range(study.seeds):
         for variant, extra in VARIANTS.items():

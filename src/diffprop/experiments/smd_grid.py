@@ -27,9 +27,9 @@ from ..metrics.toy import sample_metrics
 from ..oracle import OracleDenoiser
 from ..plots import plot_scatter, plt
 from ..process import q_sample
-from ..runs import load_run, made_with
+from ..runs import load_run
 from ..samplers import sample
-from ..training import Trainer
+from ..run_cache import train_or_reuse
 from .tables import by_variant, compare, describe_tests, mean_std
 
 CLAIM = ("Li, van Breugel & van der Schaar (2024), Fig. 2-4: soft mixture denoising (SMD) makes a DDPM fit the "
@@ -89,9 +89,7 @@ def posterior_spread(oracle: OracleDenoiser, x0: torch.Tensor, t: int, seed: int
 def _one(variant: str, seed: int, s: dict, out: Path, data, progress: bool) -> list[dict]:
     cfg = _config(s, variant, seed)
     run_dir = out / "runs" / f"{variant}-seed{seed}"
-    if not (list_checkpoints(run_dir) and made_with(run_dir, cfg)
-            and list_checkpoints(run_dir)[-1].name == f"step_{s['steps']:08d}"):
-        Trainer(cfg, run_dir, progress=progress).train()
+    train_or_reuse(cfg, run_dir, progress=progress)
     run = load_run(run_dir)
     x0 = data.x[:512].float()
     spread = eta_spread(run.denoiser, x0, s["T"] // 2, seed)
