@@ -465,7 +465,7 @@ def check_table(checks: list[dict]) -> str:
 
 def overall(verdicts: list[str], checks: list[dict]) -> str:
     tested = [v for v in verdicts if not v.startswith("not testable")]
-    ok = sum(v == "consistent" for v in tested)
+    ok = sum(v.startswith("consistent") for v in tested)
     held = sum(c["kl_holds"] and c["tv_holds"] for c in checks)
     if not tested:
         return (f"undecided: no exponent could be tested (reasons in the table); the Girsanov/Pinsker bound on the "
