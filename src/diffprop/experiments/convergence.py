@@ -62,7 +62,7 @@ SCALES = {"tiny": Scale("gmm-ring", samples=256, w2_samples=128, steps=(8, 32), 
                         bins=24),
           "small": Scale("gmm-ring", samples=2000, w2_samples=1000, steps=(16, 32, 64, 128, 256, 512),
                          eps=(0.0, 0.1, 0.3, 1.0), seeds=3, floors=4, bins=64)}
-MINUTES = {"tiny": 0.2, "small": 18}  # measured on 2 cores shared with ~6 other jobs (load 8-10)
+MINUTES = {"tiny": 0.2, "small": 18}  # measured: 15.6 and 17.7 min on 2 cores shared with other jobs (load 8-17)
 SAMPLERS = ("em", "ddpm", "pc", "heun")
 METRICS = ("kl", "tv", "w2")
 # exponents p of the bounds' h^p and eps^p, by metric: None where Tang & Zhao (2024) state no bound that applies
