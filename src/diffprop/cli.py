@@ -793,7 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "time-shift (which runs ts-ddpm or ts-ddim; default ddim)")
     tn.add_argument("--steps", type=_positive(int), help="sampling steps (default: the sampler's)")
     tn.add_argument("--grid", metavar="V1,V2,...", help="values searched (default: B in 0.9 .. 1.1 for eps-scaling, "
-                    "windows 0, 2, 4, .., 128 for time-shift)")
+                    "windows 0, 2, 4, .., 256 for time-shift)")
     tn.add_argument("--cutoff", type=_positive(int), help="time-shift: no shift at or below this timestep "
                     "(default 300)")
     tn.add_argument("--num", type=_positive(int, MAX_SAMPLES), default=1000, help="samples per value (default 1000)")

@@ -4,10 +4,10 @@ exposure bias that divides the predicted noise by ``lambda(t) = b + k t`` at sam
 Their analysis: a sample ``x_t`` on the sampling chain drifts from the training marginal ``q(x_t)``, and the network
 then over-predicts the noise norm; sampling with ``eps_theta(x_t, t) / lambda_t``, ``lambda_t > 1``, shrinks it back
 (their linear schedule ``lambda_t = k t + b``; the "uniform" one, ``k = 0``, is their code's default, with ``b`` in
-1.004 .. 1.017 for ADM at 100 steps). :class:`EpsScaled` wraps any denoiser so every sampler,
-diagnostic and loss sees the scaled prediction, with ``x0`` and the score kept coherent (``x_t = alpha x0 + sigma
-eps``). ``t`` in ``lambda(t)`` is the process's time as the denoiser is called with it (timesteps 1..T on the
-discrete chain).
+1.004 .. 1.017 for ADM at 100 steps). :class:`EpsScaled` wraps any denoiser so every sampler, diagnostic and loss
+sees the scaled prediction, with ``x0`` and the score kept coherent (``x_t = alpha x0 + sigma eps``); ``make_step``'s
+``eps_scaling`` applies it inside any sampler step (:func:`scaled_step`). ``t`` in ``lambda(t)`` is the process's
+time as the denoiser is called with it (timesteps 1..T on the discrete chain).
 
 Not to be confused with the oracle's ``eps_scale`` (:class:`~diffprop.oracle.OracleDenoiser`), which *multiplies* the
 exact noise prediction by ``c`` to emulate a defect; scaling that oracle by ``lambda = c`` undoes it exactly.
@@ -29,9 +29,10 @@ def check_eps_scaling(b: float, k: float = 0.0, t_max: float | None = None) -> N
         raise DiffpropError(f"epsilon scaling b = {b}, k = {k}: must be finite numbers")
     ends = (b,) if t_max is None else (b, b + k * t_max)
     if min(ends) <= 0:
-        raise DiffpropError(f"epsilon scaling lambda(t) = {b:g} {'-' if k < 0 else '+'} {abs(k):g} t must be > 0 for every t"
-                            + ("" if t_max is None else f" in 0..{t_max:g}") + "; the published values are "
-                            "slightly above 1 (b = 1.017 for ADM on CIFAR-10 at 100 steps, k = 0)")
+        where = "" if t_max is None else f" in 0..{t_max:g}"
+        raise DiffpropError(f"epsilon scaling lambda(t) = {b:g} {'-' if k < 0 else '+'} {abs(k):g} t must be > 0 for "
+                            f"every t{where}; the published values are slightly above 1 (b = 1.017 for ADM on "
+                            f"CIFAR-10 at 100 steps, k = 0)")
 
 
 class EpsScaled(DenoiserBase):
@@ -64,20 +65,12 @@ class EpsScaled(DenoiserBase):
         return eps_x0(self.process, x_t, t, eps=pred.eps / self.lam(t, x_t))  # Ning et al. 2024: eps_theta / lambda_t
 
 
-def eps_scaled(denoiser: DenoiserBase, eps_scaling) -> DenoiserBase:
-    """``denoiser`` wrapped by :class:`EpsScaled` for ``eps_scaling`` = ``b`` or ``(b, k)``; None: unchanged."""
-    if eps_scaling is None:
-        return denoiser
-    b, k = (eps_scaling, 0.0) if isinstance(eps_scaling, (int, float)) else tuple(eps_scaling)
-    return EpsScaled(denoiser, b, k)
-
-
 def scaled_step(step, eps_scaling):
-    """A sampler step ``step(denoiser, x, t, t_next, generator)`` that sees ``eps_scaled(denoiser, eps_scaling)``;
-    ``step`` itself for None."""
+    """A sampler step ``step(denoiser, x, t, t_next, generator)`` that sees ``EpsScaled(denoiser, b, k)`` for
+    ``eps_scaling`` = ``b`` or ``(b, k)``; ``step`` itself for None."""
     if eps_scaling is None:
         return step
-    b, k = (eps_scaling, 0.0) if isinstance(eps_scaling, (int, float)) else tuple(eps_scaling)
+    b, k = (float(eps_scaling), 0.0) if isinstance(eps_scaling, (int, float)) else tuple(eps_scaling)
     check_eps_scaling(b, k)
 
     def scaled(denoiser, x, t, t_next, generator=None):
@@ -99,4 +92,4 @@ def parse_eps_scaling(text: str) -> tuple[float, float]:
     return b, k
 
 
-__all__ = ["EpsScaled", "check_eps_scaling", "eps_scaled", "parse_eps_scaling", "scaled_step"]
+__all__ = ["EpsScaled", "check_eps_scaling", "parse_eps_scaling", "scaled_step"]
