@@ -25,6 +25,12 @@ Estimator, per example:
   the parameterization). That reweights the terms over t as Ho et al. 2020 Sec. 3.4 do (their ``L_simple``) and
   leaves every t's minimiser alone.
 
+What it does not do: at a network that ignores eta (all ``mu_theta(x_t, z_k)`` equal to the best Gaussian mean)
+the expected gradient towards spreading the ``mu_theta`` over eta is zero, since ``E_q[x_{t-1} - mu]`` vanishes
+there; the loss rewards a spread only at second order, by ``~ (a_t^2 Var[x_0|x_t] / sigma_t^2)^2``, which on a
+T = 1000 chain is small wherever ``q(x_0|x_t)`` is multimodal (one step moves ``x_{t-1}`` by far less than its
+noise). So training leaves such a network slowly, from whatever spread its initialisation has.
+
 For K = 1 these make the loss exactly the squared error of :func:`~diffprop.losses.denoising.regression_loss`
 (``+-xi`` cancel the cross term, the control variate the rest); for K > 1 it is below that on average.
 At t = 1 the posterior is a point (``beta_tilde_1 = 0``): its components take ``beta_tilde_2``, as improved-diffusion
