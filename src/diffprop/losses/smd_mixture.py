@@ -29,7 +29,8 @@ What it does not do: at a network that ignores eta (all ``mu_theta(x_t, z_k)`` e
 the expected gradient towards spreading the ``mu_theta`` over eta is zero, since ``E_q[x_{t-1} - mu]`` vanishes
 there; the loss rewards a spread only at second order, by ``~ (c_0^2 Var[x_0|x_t] / sigma_t^2)^2`` (``c_0`` the
 posterior's ``x_0`` coefficient), which on a T = 1000 chain is small wherever ``q(x_0|x_t)`` is multimodal (one step
-moves ``x_{t-1}`` by far less than its noise). So training leaves such a network slowly, from whatever spread its initialisation has.
+moves ``x_{t-1}`` by far less than its noise). So training leaves such a network slowly, from whatever spread its
+initialisation has.
 
 For K = 1 these make the loss exactly the squared error of :func:`~diffprop.losses.denoising.regression_loss`
 (``+-xi`` cancel the cross term, the control variate the rest); for K > 1 it is below that on average.
