@@ -40,6 +40,9 @@ def test_verdict_reads_the_welch_tests_and_the_cost_growth():
     assert exp.verdict({"gmm-ring": same}, costs, (2, 128)).startswith("yes")
     worse = {**same, "ssm-vr": {"eps_mse": np.array([0.5, 0.51, 0.52])}}
     assert exp.verdict({"gmm-ring": worse}, costs, (2, 128)).startswith("partly")
+    band = {**same, "ssm-vr": {"eps_mse": same["ism"]["eps_mse"], "rel_0.3-1": np.array([0.2, 0.21, 0.22])},
+            "ism": {**same["ism"], "rel_0.3-1": np.array([0.1, 0.11, 0.12])}}
+    assert "significantly worse in rel_0.3-1" in exp.verdict({"gmm-ring": band}, costs, (2, 128))
 
 
 def test_tiny_run_trains_every_objective_on_both_datasets(tmp_path):
