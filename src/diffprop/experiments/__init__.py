@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from ..errors import DiffpropError
 from . import (consistency, convergence, epdm_fig2, epdm_fig3, epdm_fig4, epdm_quick, epdm_table1, epdm_table2,
-               propagation_theorem, samplers, score_matching, smd_fig2, smd_fig3, smd_fig4, smd_grid, smd_mixture,
-               smd_table1)
+               propagation_theorem, reduce, samplers, score_matching, smd_fig2, smd_fig3, smd_fig4, smd_grid,
+               smd_mixture, smd_table1)
 
 EXPERIMENTS = {"epdm-fig2": epdm_fig2, "epdm-fig3": epdm_fig3, "epdm-table1": epdm_table1, "epdm-table2": epdm_table2,
                "epdm-fig4": epdm_fig4, "propagation-theorem": propagation_theorem, "epdm-quick": epdm_quick,
                "smd-grid": smd_grid, "smd-fig2": smd_fig2, "smd-table1": smd_table1, "smd-fig3": smd_fig3,
                "smd-fig4": smd_fig4, "samplers": samplers, "convergence": convergence,
                "consistency": consistency,
-               "score-matching": score_matching, "smd-mixture": smd_mixture}
+               "score-matching": score_matching, "smd-mixture": smd_mixture, "reduce": reduce}
 
 
 def get_experiment(name: str):

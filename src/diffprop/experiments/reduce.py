@@ -1,0 +1,138 @@
+"""``reduce``: which method lowers error propagation? Vanilla DDPM against Li & van der Schaar (2024)'s EPDM, the
+chain-started cumulative regularizer (:mod:`diffprop.losses.chain_mmd`), ADM-IP (Ning et al. 2023), FP-Diffusion in
+its fixed form (Lai et al. 2022), Consistent DM (Daras et al. 2023), and two training-free samplers on vanilla's
+models: epsilon scaling (Ning et al. 2024) and time shifting (Li et al. 2024), each with its one parameter tuned on
+draws of another seed (:mod:`diffprop.tune`).
+
+Trained methods run twice: for the scale's number of steps, and for the wall clock vanilla took for them (mean over
+seeds). Each model is scored on DDPM samples (the quality metric of :class:`~.evaluation.Evaluator`) and by its
+cumulative error at t = 1 (Li & van der Schaar 2024, Eq. 12-13) with the median-bandwidth RBF and one at the mode
+scale (twice the largest mode std on Gaussian mixtures); each method is compared with vanilla by Welch's t-test at
+alpha = 0.01, and its cost per training step is measured side by side.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..runs import load_run
+from ..samplers import sample
+from ..tune import method_options, mixture_kl, tune
+from . import common
+from .curves import mode_bandwidth, plot_curves, reference_curve
+from .tables import by_variant, compare, describe_tests, standing, write_report, write_table
+
+CLAIM = ("diffprop's question: does a method lower the cumulative error at t = 1 and the final quality significantly "
+         "(p < 0.01) against vanilla DDPM at equal steps, and is it not worse at equal wall clock?")
+SCALES = {"tiny": replace(common.SCALES["tiny"], data="gmm-grid", steps=60, samples=256, num=128),
+          "small": replace(common.SCALES["small"], data="gmm-grid", grid=(1, 3, 10, 30, 100, 300, 1000))}
+MINUTES = {"tiny": 1.5, "small": 240}  # small: estimated from the per-run times of epdm-quick and samplers (2 cores)
+TRAINED = {"vanilla": [],
+           "epdm-paper": ['objective.regularizers=["epdm"]', "objective.lambda_nl=0.8", "epdm.preset=paper"],
+           "chain-mmd": ['objective.regularizers=["chain_mmd"]'],
+           "adm-ip": ['objective.regularizers=["input_perturbation"]', "objective.lambda_nl=0"],
+           "fp-fixed": ['objective.regularizers=["fokker_planck"]', 'fokker_planck.form="fixed"'],
+           "consistent-dm": ['objective.regularizers=["consistency"]']}
+SAMPLING = {"eps-scaling": "vanilla + epsilon scaling", "time-shift": "vanilla + time shift"}
+TIMING = {"tiny": (1, 3), "small": (3, 20)}  # rounds x steps of the side-by-side cost per step
+GRIDS = {"tiny": {"eps-scaling": (1.0, 1.01), "time-shift": (0, 4)}, "small": {}}  # {}: diffprop.tune's own grids
+ALPHA = 0.01
+
+
+def _sampling_rows(study, rows: list[dict], kernels, grids: dict) -> list[dict]:
+    """Epsilon scaling and time shifting on each seed's vanilla model: the value tuned on seed 1's samples, then
+    scored on the samples vanilla is scored on (seed 10000 + s)."""
+    mixture, out = study.dataset.mixture, []
+    metric = study.metric
+    tune_q = mixture_kl(mixture) if mixture is not None else (lambda x: study.quality(x, 1)[metric])
+    for r in (r for r in rows if r["variant"] == "vanilla"):
+        den = load_run(r["dir"]).denoiser.to(study.device)
+        base = {"var_type": den.var_type, **({"clip_x0": 1.0} if study.image else {})}
+        for method, name in SAMPLING.items():
+            opts = dict(base)
+            if method == "time-shift" and not study.image:  # low-dimensional data: pooled variance (diffprop.tune)
+                opts.update(shift_variance="group", shift_data_var=float(study.dataset.x.double().var(0).mean()))
+            tuned = tune(den, tuple(study.dataset.data_shape), method, tune_quality=tune_q, eval_quality=tune_q,
+                         quality_name=metric, sampler="ddpm", grid=grids.get(method), num=study.scale.samples,
+                         tune_seed=1, eval_seed=2, options=opts, device=study.device)
+            sampler, options = method_options(method, tuned["chosen"], "ddpm", opts)
+            seed = r["seed"]
+            x = sample(den, study.scale.samples, tuple(study.dataset.data_shape), sampler=sampler, seed=10_000 + seed,
+                       device=study.device, batch_size=common.SAMPLE_BATCH, progress=False, **options).x.float().cpu()
+            q = study.quality(x, seed)
+            row = {"variant": name, "seed": seed, "budget": "steps", "steps": r["steps"], "chosen": tuned["chosen"],
+                   **{c: q.get(c, float("nan")) for c in study.columns}}
+            if method == "eps-scaling":  # the DDPM chain of the scaled model: its propagation curve
+                from ..eps_scaling import EpsScaled
+
+                row["curves"] = common.curve_lists(study.curves(EpsScaled(den, tuned["chosen"]), kernels, seed))
+            out.append(row)
+    return out
+
+
+def _tests(rows: list[dict], cols, metrics) -> dict[str, list[dict]]:
+    groups = by_variant(rows, cols)
+    return {m: [t for v in groups if v != "vanilla" for t in compare(groups, m, v, ["vanilla"], alpha=ALPHA)]
+            for m in metrics}
+
+
+def verdict(steps_tests: dict, time_tests: dict, metric: str, t1: str, seeds: int) -> tuple[str, str | None]:
+    """(the verdict sentence, the best method or None): a method passes when both its quality metric and its
+    cumulative error at t = 1 are significantly lower than vanilla's at equal steps and its quality is not
+    significantly worse at equal wall clock."""
+    if seeds < 2:
+        return "undecided: one seed gives no t-test (run `--scale small`, 3 seeds).", None
+    better = lambda t: t["significant"]  # noqa: E731  (lower and p < ALPHA)
+    worse = lambda t: t["p"] < ALPHA and not t["better"]  # noqa: E731
+    q = {t["ours"]: t for t in steps_tests[metric]}
+    c = {t["ours"]: t for t in steps_tests.get(t1, [])}
+    w = {t["ours"]: t for t in time_tests.get(metric, [])}
+    passing = [m for m in q if better(q[m]) and m in c and better(c[m]) and not (m in w and worse(w[m]))]
+    if passing:
+        best = min(passing, key=lambda m: q[m]["mean_ours"])
+        return (f"yes: {', '.join(passing)} meet the goal; the best, {best}, has {metric} {q[best]['mean_ours']:.4g} "
+                f"against vanilla's {q[best]['mean_other']:.4g} (p = {q[best]['p']:.2g})."), best
+    lines = "; ".join(f"{m}: {metric} {standing(t, ALPHA)} vanilla's (p = {t['p']:.2g})" for m, t in q.items())
+    return f"no: no method meets the goal at p < {ALPHA}; {lines}.", None
+
+
+def run(out: Path, scale: str = "small", seeds: int | None = None, progress: bool = True, **options) -> Path:
+    out = Path(out)
+    steps = common.Study("reduce", out, scale, SCALES[scale], seeds, progress, **options)
+    h = mode_bandwidth(steps)  # None off Gaussian mixtures: the median bandwidth only
+    kernels = ("rbf",) if h is None else ("rbf", f"rbf@{h:g}")
+    t1 = f"cumulative_t1[{kernels[-1]}]"
+    rows = [{**r, "budget": "steps"} for r in steps.train_and_score(TRAINED, kernels=kernels)]
+    rows += _sampling_rows(steps, rows, kernels, GRIDS[scale])
+    budget = float(np.mean([r["seconds"] for r in rows if r["variant"] == "vanilla"]))
+    clock = common.Study("reduce", out / "equal-time", scale, replace(SCALES[scale], time_budget=max(budget, 1.0)),
+                         seeds, progress, **{k: v for k, v in options.items() if k != "jobs"})
+    timed = [{**r, "budget": "wall clock"} for r in clock.train_and_score(TRAINED, kernels=kernels)]
+    for r in rows + timed:
+        r.update({f"cumulative_t1[{k}]": r["curves"][k]["cumulative"][0] if "curves" in r else float("nan")
+                  for k in kernels})
+    ms = steps.time_per_step(TRAINED, *TIMING[scale])
+    cols = ["steps", *steps.columns, *(f"cumulative_t1[{k}]" for k in kernels)]
+    table = ("### At equal steps\n\n" + write_table(out, rows, cols) + "\n### At equal wall clock "
+             f"({budget:.0f} s per run)\n\n" + write_table(out / "equal-time", timed, cols))
+    cost = "| method | ms per step | vs vanilla |\n|---|---|---|\n" + "".join(
+        f"| {v} | {m:.2f} | {m / ms['vanilla']:.2f}x |\n" for v, m in ms.items())
+    steps_tests = _tests(rows, cols, (steps.metric, t1))
+    time_tests = _tests(timed, cols, (steps.metric,))
+    text, best = verdict(steps_tests, time_tests, steps.metric, t1, steps.seeds)
+    (out / "summary.json").write_text(json.dumps({"best": best, "verdict": text, "ms_per_step": ms,
+                                                  "wall_clock_budget_s": budget}, indent=1))
+    figures = plot_curves(steps, [r for r in rows if "curves" in r], reference_curve(steps, rows, kernels),
+                          title="cumulative error along the DDPM chain, equal steps")
+    measured = (table + "\n### Cost per training step (side by side)\n\n" + cost + "\n"
+                + "".join(describe_tests(ts, m) for m, ts in steps_tests.items())
+                + "At equal wall clock:\n" + describe_tests(time_tests[steps.metric], steps.metric)
+                + "\nEpsilon scaling's lambda and time shifting's window were tuned on samples of seed 1 (chosen: "
+                + ", ".join(f"{r['variant']} seed {r['seed']}: {r['chosen']:g}" for r in rows if "chosen" in r)
+                + "); time shifting has no propagation curve (its chain visits other timesteps per sample).\n")
+    return write_report(out, steps.title, CLAIM, steps.describe() + f" Propagation curves with N = M = "
+                        f"{steps.scale.num}; kernels {', '.join(kernels)}.", measured,
+                        {**figures, **{p: "samples" for p in steps.pictures}}, text)

@@ -1,0 +1,47 @@
+"""``reproduce reduce``: every method at equal steps and at equal wall clock, the training-free samplers tuned on
+vanilla's models, the cost table, and a verdict that says yes only for a method that is better on quality and on the
+cumulative error at equal steps and not worse at equal wall clock."""
+import json
+
+import pytest
+
+from diffprop.cli import main
+from diffprop.experiments.reduce import SAMPLING, TRAINED, verdict
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reduce") / "tiny"
+    assert main(["reproduce", "reduce", "--scale", "tiny", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_tiny_run_reports_every_method_under_both_budgets(tiny):
+    report = (tiny / "report.md").read_text()
+    steps, clock = (tiny / "table.md").read_text(), (tiny / "equal-time" / "table.md").read_text()
+    for name in TRAINED:
+        assert f"| {name} | 1 |" in steps and f"| {name} | 1 |" in clock and f"| {name} | " in report
+    for name in SAMPLING.values():  # sampling-time methods: at equal steps only (they train nothing)
+        assert f"| {name} | 1 |" in steps and name not in clock
+    summary = json.loads((tiny / "summary.json").read_text())
+    assert set(summary["ms_per_step"]) == set(TRAINED) and summary["wall_clock_budget_s"] > 0
+    assert summary["best"] is None and "**Reproduces?** undecided" in report  # one seed: no test
+    assert (tiny / "propagation.png").is_file() and (tiny / "propagation-h0.1.png").is_file()
+
+
+def _t(ours, mean_ours, p, mean_other=1.0):
+    better = mean_ours < mean_other
+    return {"ours": ours, "other": "vanilla", "mean_ours": mean_ours, "mean_other": mean_other, "p": p,
+            "better": better, "significant": better and p < 0.01}
+
+
+def test_verdict_needs_quality_and_cumulative_error_at_equal_steps_and_no_loss_at_equal_time():
+    m, c = "kl", "cumulative_t1[rbf@0.1]"
+    steps = {m: [_t("a", 0.5, 1e-3), _t("b", 0.4, 1e-4), _t("c", 0.6, 1e-3), _t("d", 0.9, 0.2)],
+             c: [_t("a", 0.5, 1e-3), _t("b", 0.5, 1e-3), _t("c", 0.9, 0.5), _t("d", 0.5, 1e-3)]}
+    clock = {m: [_t("a", 0.9, 0.3), _t("b", 1.5, 1e-3)]}  # b is significantly worse at equal wall clock
+    text, best = verdict(steps, clock, m, c, seeds=3)
+    assert best == "a" and text.startswith("yes: a meet the goal")
+    text, best = verdict({m: steps[m][2:], c: steps[c][2:]}, {m: []}, m, c, seeds=3)
+    assert best is None and text.startswith("no: no method meets the goal at p < 0.01; c: kl better than")
+    assert verdict(steps, clock, m, c, seeds=1)[0].startswith("undecided")
