@@ -29,7 +29,7 @@ CLAIM = ("diffprop's question: does a method lower the cumulative error at t = 1
          "(p < 0.01) against vanilla DDPM at equal steps, and is it not worse at equal wall clock?")
 SCALES = {"tiny": replace(common.SCALES["tiny"], data="gmm-grid", steps=60, samples=256, num=128),
           "small": replace(common.SCALES["small"], data="gmm-grid", grid=(1, 3, 10, 30, 100, 300, 1000))}
-MINUTES = {"tiny": 1.5, "small": 240}  # small: estimated from the per-run times of epdm-quick and samplers (2 cores)
+MINUTES = {"tiny": 1.5, "small": 120}  # tiny measured; small estimated from per-step costs (bench regularizers)
 TRAINED = {"vanilla": [],
            "epdm-paper": ['objective.regularizers=["epdm"]', "objective.lambda_nl=0.8", "epdm.preset=paper"],
            "chain-mmd": ['objective.regularizers=["chain_mmd"]'],
