@@ -34,8 +34,9 @@ def test_neutral_settings_are_the_plain_samplers_bit_for_bit(sampler):
     plain = draw(o, sampler)
     assert torch.equal(draw(o, sampler, eps_scaling=1.0), plain)
     assert torch.equal(draw(o, sampler, eps_scaling=(1.0, 0.0)), plain)
-    assert torch.equal(draw(o, f"ts-{sampler}", window=0), plain)
-    assert torch.equal(draw(o, f"ts-{sampler}", window=40, cutoff=1000), plain)  # cutoff above every t: no shift
+    assert torch.equal(draw(o, sampler, shift_window=0), plain)
+    assert torch.equal(draw(o, sampler, shift_window=40, shift_cutoff=1000), plain)  # cutoff above every t: no shift
+    assert not torch.equal(draw(o, sampler, shift_window=40), plain)
 
 
 def test_eps_scaled_prediction_is_coherent():
@@ -108,14 +109,14 @@ def run(capsys, *argv):
 
 
 def test_cli_sample_and_tune(tmp_path, capsys):
-    code, out, err = run(capsys, "sample", "--oracle", "gmm-grid", "--sampler", "ts-ddim", "--steps", 5, "--num", 64,
-                         "--eps-scaling", "1.01,0", "--window", 8, "--variance", "group", "--data-var", 4,
-                         "--out", tmp_path / "s.npz")
+    code, out, err = run(capsys, "sample", "--oracle", "gmm-grid", "--sampler", "ddim", "--steps", 5, "--num", 64,
+                         "--eps-scaling", "1.01,0", "--shift-window", 8, "--shift-variance", "group",
+                         "--shift-data-var", 4, "--out", tmp_path / "s.npz")
     assert code == 0, err
     import numpy as np
     with np.load(tmp_path / "s.npz", allow_pickle=False) as f:
         meta = json.loads(str(f["meta"]))
-    assert meta["sampler"] == "ts-ddim" and meta["eps_scaling"] == [1.01, 0.0] and meta["window"] == 8
+    assert meta["sampler"] == "ddim" and meta["eps_scaling"] == [1.01, 0.0] and meta["shift_window"] == 8
     code, out, err = run(capsys, "tune", "--oracle", "gmm-grid", "--eps-scale", 0.9, "--method", "eps-scaling",
                          "--grid", "0.9,1", "--steps", 10, "--num", 256, "--quiet", "--out", tmp_path / "t.json")
     assert code == 0, err
@@ -128,9 +129,11 @@ def test_cli_sample_and_tune(tmp_path, capsys):
     (["sample", "--oracle", "gmm-grid", "--eps-scaling", "1,a"], "expected B or B,K"),
     (["sample", "--oracle", "gmm-grid", "--eps-scaling", "-1"], "must be > 0"),
     (["sample", "--oracle", "gmm-grid", "--steps", 2, "--num", 8, "--eps-scaling", "1,-0.01"], "in 0..1000"),
-    (["sample", "--oracle", "gmm-grid", "--sampler", "ts-ddim", "--variance", "x", "--num", 8], "unknown variance"),
-    (["sample", "--oracle", "gmm-grid", "--sampler", "ddim", "--window", 4, "--num", 8], "--window applies to"),
-    (["sample", "--oracle", "gmm-grid", "--process", "vp-sde", "--sampler", "ts-ddim", "--steps", 2, "--num", 8],
+    (["sample", "--oracle", "gmm-grid", "--sampler", "ddim", "--shift-window", 4, "--shift-variance", "x", "--num", 8],
+     "unknown variance"),
+    (["sample", "--oracle", "gmm-grid", "--sampler", "heun", "--shift-window", 4, "--num", 8],
+     "--shift-window applies to --sampler ddpm or ddim, not heun"),
+    (["sample", "--oracle", "gmm-grid", "--process", "vp-sde", "--sampler", "ddim", "--shift-window", 4, "--num", 8],
      "discrete chain"),
     (["tune", "--oracle", "gmm-grid", "--method", "time-shift", "--sampler", "heun"], "time-shift applies to"),
     (["tune", "--oracle", "gmm-grid", "--method", "eps-scaling", "--seed", 1, "--tune-seed", 1], "must differ"),

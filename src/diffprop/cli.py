@@ -156,12 +156,15 @@ _FLAG_HELP = {"snr": "pc: the Langevin corrector's signal-to-noise ratio (Song e
               "rtol": "ode: relative tolerance of the adaptive RK45 (default 1e-5)",
               "atol": "ode: absolute tolerance (default 1e-5)",
               "method": "ode: scipy.integrate.solve_ivp's method (default RK45)",
-              "window": "ts-ddpm, ts-ddim: shift among the timesteps t - W/2 .. t + W/2 (Li et al. 2024; default 80)",
-              "cutoff": "ts-ddpm, ts-ddim: shift only at timesteps above this (default 300)",
-              "data_var": "ts-ddpm, ts-ddim: the data's variance per coordinate, matched as abar V + 1 - abar "
-                          "(default: none, the published 1 - abar)",
-              "variance": "ts-ddpm, ts-ddim: a state's variance over its own coordinates (sample, the published "
-                          "rule, for images) or over its group of 64 samples (group, for low-dimensional data)"}
+              "shift_window": "ddpm, ddim: the time-shift sampler (Li et al. 2024; TS-DDPM, TS-DDIM): step from the "
+                              "timestep among t - W/2 .. t + W/2 whose marginal variance is closest to the state's "
+                              "(default: off; the official code's example is 80)",
+              "shift_cutoff": "ddpm, ddim: time-shift only at timesteps above this (default 300)",
+              "shift_data_var": "ddpm, ddim: time shift matching abar V + 1 - abar, V the data's variance per "
+                                "coordinate (default: the published 1 - abar)",
+              "shift_variance": "ddpm, ddim: time shift reading a state's variance over its own coordinates (sample, "
+                                "the published rule, for images; default) or over its group of 64 samples (group, "
+                                "for low-dimensional data)"}
 
 
 def _eps_scaling(s):
@@ -220,8 +223,8 @@ def cmd_sample(args) -> None:
     sc = cfg.sample
     sampler = args.sampler or sc.sampler
     spec = get_sampler(sampler)
-    if sampler not in ("ddim", "ts-ddim") and (args.eta is not None or args.clipped_eps):
-        raise DiffpropError(f"--eta and --clipped-eps apply to --sampler ddim, not {sampler} (ts-ddim takes them too)")
+    if sampler != "ddim" and (args.eta is not None or args.clipped_eps):
+        raise DiffpropError(f"--eta and --clipped-eps apply to --sampler ddim, not {sampler}")
     fields = {f.name for f in dataclasses.fields(spec.options)}
     given = {k: getattr(args, k) for k in _sampler_flags() if getattr(args, k, None) is not None}
     if bad := sorted(given.keys() - fields):
@@ -231,14 +234,13 @@ def cmd_sample(args) -> None:
     clip = denoiser.clip_x0 if args.diffusers else (sc.clip_x0 or (1.0 if len(data["data_shape"]) == 3 else None))
     if args.clipped_eps and clip is None:
         raise DiffpropError("--clipped-eps needs x0 clipping, and this model samples without it")
-    base = sampler.removeprefix("ts-")  # the time-shift samplers take their base sampler's options
     options = {"eta": args.eta if args.eta is not None else sc.eta,
-               "clipped_eps": args.clipped_eps or sc.clipped_eps} if base == "ddim" else \
-        {"var_type": denoiser.var_type} if base == "ddpm" else {}
+               "clipped_eps": args.clipped_eps or sc.clipped_eps} if sampler == "ddim" else \
+        {"var_type": denoiser.var_type} if sampler == "ddpm" else {}
     options.update(given)
-    if base != sampler and getattr(denoiser.process, "T", None) is None:
-        raise DiffpropError(f"--sampler {sampler}: time-shift sampling picks among the timesteps of the discrete "
-                            f"chain; the {denoiser.process.name} process has none")
+    if given.get("shift_window") and getattr(denoiser.process, "T", None) is None:
+        raise DiffpropError(f"--shift-window: time-shift sampling picks among the timesteps of the discrete chain; "
+                            f"the {denoiser.process.name} process has none")
     if args.eps_scaling:
         check_eps_scaling(*args.eps_scaling, denoiser.process.t_max)
         options["eps_scaling"] = args.eps_scaling
@@ -493,8 +495,8 @@ def cmd_tune(args) -> None:
 
     if args.method not in METHODS:
         raise DiffpropError(f"unknown method {args.method!r}; allowed: {', '.join(METHODS)}")
-    if args.sampler not in SAMPLERS or args.sampler.startswith("ts-"):
-        raise DiffpropError(f"--sampler {args.sampler}: give a plain sampler ({', '.join(BASES)} for time-shift)")
+    if args.sampler not in SAMPLERS:
+        raise DiffpropError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
     if args.method == "time-shift" and args.sampler not in BASES:
         raise DiffpropError(f"time-shift applies to --sampler {' or '.join(BASES)}, not {args.sampler}")
     if args.cutoff is not None and args.method != "time-shift":
@@ -513,7 +515,8 @@ def cmd_tune(args) -> None:
         tune_q = eval_q = mixture_kl(ds.mixture)
         quality = "kl"
         if args.method == "time-shift":  # low-dimensional data: pooled variance, matched with the data's share
-            options.update(variance="group", data_var=float(ds.from_data_units(ds.x).double().var(0).mean()))
+            options.update(shift_variance="group",
+                           shift_data_var=float(ds.from_data_units(ds.x).double().var(0).mean()))
     elif ds.is_image:
         from .metrics.features import get_extractor
 
@@ -524,7 +527,7 @@ def cmd_tune(args) -> None:
     else:
         raise DiffpropError(f"{name}: tune needs a known density (gmm-grid, gmm-ring) or images (digits)")
     if args.method == "time-shift" and args.cutoff is not None:
-        options["cutoff"] = args.cutoff
+        options["shift_cutoff"] = args.cutoff
     result = tune(denoiser, tuple(data["data_shape"]), args.method, tune_quality=tune_q, eval_quality=eval_q,
                   quality_name=quality, sampler=args.sampler, steps=args.steps, grid=grid, num=args.num,
                   tune_seed=args.tune_seed, eval_seed=args.seed, options=options, device=device,
@@ -790,7 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_source(tn, "with --diffusers: the data it was trained on (required)")
     tn.add_argument("--method", required=True, choices=("eps-scaling", "time-shift"), help="the fix to tune")
     tn.add_argument("--sampler", default="ddim", help="the sampler fixed: any for eps-scaling, ddpm or ddim for "
-                    "time-shift (which runs ts-ddpm or ts-ddim; default ddim)")
+                    "time-shift (default ddim)")
     tn.add_argument("--steps", type=_positive(int), help="sampling steps (default: the sampler's)")
     tn.add_argument("--grid", metavar="V1,V2,...", help="values searched (default: B in 0.9 .. 1.1 for eps-scaling, "
                     "windows 0, 2, 4, .., 256 for time-shift)")

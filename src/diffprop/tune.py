@@ -1,8 +1,8 @@
 """Pick the one parameter of a training-free exposure-bias fix on held-out draws, then evaluate it on fresh ones.
 
 ``eps-scaling`` (Ning et al. 2024) searches ``b`` of ``lambda(t) = b`` (:mod:`diffprop.eps_scaling`), any sampler;
-``time-shift`` (Li et al. 2024) searches the window of :mod:`diffprop.samplers.time_shift` (``ts-ddpm`` or ``ts-ddim``
-for ``sampler`` ddpm or ddim). Every grid value samples ``num`` samples from the same noise (seed ``tune_seed``:
+``time-shift`` (Li et al. 2024) searches the window of :mod:`diffprop.samplers.time_shift` (DDPM's or DDIM's option
+``shift_window``). Every grid value samples ``num`` samples from the same noise (seed ``tune_seed``:
 common random numbers, so values are compared on one draw); the value of least ``quality`` is chosen. The final
 evaluation samples the baseline (``b = 1``, window 0: the plain sampler) and the chosen value with ``eval_seed`` and,
 for data-based metrics, against a disjoint half of the reference data. Quality: for Gaussian-mixture data the exact
@@ -63,7 +63,7 @@ def method_options(method: str, value, sampler: str, options: dict | None = None
             raise DiffpropError(f"time shift applies to --sampler {' or '.join(BASES)}, not {sampler}")
         if float(value) != int(value) or value < 0:
             raise DiffpropError(f"time-shift windows are whole numbers of timesteps >= 0, got {value}")
-        return f"ts-{sampler}", {**options, "window": int(value)}
+        return sampler, {**options, "shift_window": int(value)}
     raise DiffpropError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
 
 
@@ -99,7 +99,7 @@ def tune(denoiser, shape: tuple[int, ...], method: str, *, tune_quality: Callabl
     for label, value in (("baseline", neutral), ("chosen", chosen)):
         x, _ = draw(value, eval_seed)
         evaluation[label] = {"value": value, quality_name: eval_quality(x)}
-    return {"method": method, "sampler": sampler if method == "eps-scaling" else f"ts-{sampler}", "steps": steps,
+    return {"method": method, "sampler": sampler, "steps": steps,
             "num": num, "tune_seed": tune_seed, "eval_seed": eval_seed, "quality": quality_name,
             "options": {k: v for k, v in (options or {}).items()}, "grid": rows, "chosen": chosen,
             "evaluation": evaluation,

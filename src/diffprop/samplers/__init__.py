@@ -25,17 +25,31 @@ from .ddpm import ddpm, ddpm_step
 from .driver import sample_from
 from .ode import euler_step, heun_step, rk45_step
 from .sde import em_step, langevin_step, pc_step, reverse_diffusion_step
-from .time_shift import CUTOFF, WINDOW, check_time_shift, ts_ddim_step, ts_ddpm_step
+from .time_shift import check_time_shift, time_shifted
 
 
 @dataclass
-class DDPMOptions:
+class TimeShiftOptions:  # the time-shift sampler (Li et al. 2024; samplers.time_shift), in timesteps
+    shift_window: int | None = None  # None: off (the plain sampler)
+    shift_cutoff: int | None = None  # None: 300, the official code's example
+    shift_data_var: float | None = None  # None: the published rule, the noise's variance 1 - abar alone
+    shift_variance: str | None = None  # None: "sample"; "group": pooled over BLOCK consecutive samples
+
+    def __post_init__(self):
+        check_time_shift(self.shift_window, self.shift_cutoff, self.shift_data_var, self.shift_variance)
+
+
+SHIFT_OPTIONS = tuple(f.name for f in dataclasses.fields(TimeShiftOptions))
+
+
+@dataclass
+class DDPMOptions(TimeShiftOptions):
     var_type: str | None = None  # None: the denoiser's own
     clip_x0: float | None = None  # None: the denoiser's own
 
 
 @dataclass
-class DDIMOptions:
+class DDIMOptions(TimeShiftOptions):
     eta: float = 0.0
     clip_x0: float | None = None
     clipped_eps: bool = False
@@ -58,27 +72,6 @@ class HeunOptions:
     s_tmin: float = 0.0
     s_tmax: float = math.inf
     s_noise: float = 1.0
-
-
-@dataclass
-class TimeShiftOptions:  # Li et al. 2024's window and cutoff, in timesteps (samplers.time_shift)
-    window: int = WINDOW
-    cutoff: int = CUTOFF
-    data_var: float | None = None  # None: the published rule, the noise's variance 1 - abar alone
-    variance: str = "sample"  # or "group": pooled over BLOCK consecutive samples (low-dimensional data)
-
-    def __post_init__(self):
-        check_time_shift(self.window, self.cutoff, self.data_var, self.variance)
-
-
-@dataclass
-class TSDDPMOptions(TimeShiftOptions, DDPMOptions):
-    pass
-
-
-@dataclass
-class TSDDIMOptions(TimeShiftOptions, DDIMOptions):
-    pass
 
 
 ODE_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")  # scipy.integrate.solve_ivp's
@@ -117,10 +110,6 @@ SAMPLERS = {
                     "2 steps - 1 evaluations"),
     "ode": Sampler(rk45_step, ODEOptions, 2, "uniform", "adaptive RK45 on the probability-flow ODE (scipy), "
                    "t_max to t_min then denoise"),
-    "ts-ddpm": Sampler(ts_ddpm_step, TSDDPMOptions, None, None, "DDPM from the time whose noise level matches the "
-                       "state's variance (time-shift sampler, Li et al. 2024)"),
-    "ts-ddim": Sampler(ts_ddim_step, TSDDIMOptions, 50, "quadratic", "DDIM with the time-shift sampler (Li et al. "
-                       "2024)"),
     "consistency": Sampler(consistency_step, NoOptions, 1, "edm", "consistency sampling (Song et al. 2023 Alg. 1): "
                            "x0 = f(x, t), re-noised to the next time; 1 step or several on the rho = 7 grid",
                            skip_t_min=True),
@@ -137,7 +126,8 @@ def get_sampler(name: str) -> Sampler:
 def make_step(name: str, steps: int | None = None, eps_scaling=None, **options) -> Callable:
     """The named step with its options bound (unknown options refused); Heun's ``churn`` becomes EDM's per-step
     ``gamma = min(churn / steps, sqrt(2) - 1)``. ``eps_scaling`` (any sampler): ``b`` or ``(b, k)``, the step then
-    sees the denoiser's noise prediction divided by ``b + k t`` (:mod:`diffprop.eps_scaling`, Ning et al. 2024)."""
+    sees the denoiser's noise prediction divided by ``b + k t`` (:mod:`diffprop.eps_scaling`, Ning et al. 2024);
+    DDPM's and DDIM's ``shift_*`` options step from the shifted time of :mod:`.time_shift` (Li et al. 2024)."""
     spec = get_sampler(name)
     fields = {f.name for f in dataclasses.fields(spec.options)}
     bad = sorted(set(options) - fields)
@@ -150,7 +140,8 @@ def make_step(name: str, steps: int | None = None, eps_scaling=None, **options) 
     if name == "heun":
         s_churn = opts.pop("churn")
         opts["gamma"] = min(s_churn / max(steps or spec.default_steps, 1), math.sqrt(2) - 1) if s_churn > 0 else 0.0
-    return scaled_step(partial(spec.step, **opts), eps_scaling)
+    shift = {k.removeprefix("shift_"): opts.pop(k) for k in SHIFT_OPTIONS if k in opts}
+    return scaled_step(time_shifted(partial(spec.step, **opts), **shift), eps_scaling)
 
 
 def sampler_times(denoiser, name: str, steps: int | None = None, grid: str | None = None,
@@ -209,5 +200,4 @@ def sample(denoiser, num: int, shape: tuple[int, ...], *, sampler: str = "ddpm",
 
 __all__ = ["SAMPLERS", "Sampler", "SamplerOutput", "ddim", "ddim_step", "ddpm", "ddpm_step", "em_step",
            "consistency_step", "euler_step", "get_sampler", "heun_step", "langevin_step", "make_step", "pc_step",
-           "reverse_diffusion_step", "rk45_step", "sample", "sample_from", "sampler_times", "ts_ddim_step",
-           "ts_ddpm_step"]
+           "reverse_diffusion_step", "rk45_step", "sample", "sample_from", "sampler_times"]

@@ -1,5 +1,5 @@
 """Time-shift sampling (Li et al. 2024, "Alleviating exposure bias in diffusion models through sampling with shifted
-time steps"; their TS-DDPM and TS-DDIM) on the discrete chain.
+time steps"; their TS-DDPM and TS-DDIM) on the discrete chain: DDPM's and DDIM's option ``shift_window``.
 
 Exposure bias leaves a state ``x_t`` of the sampling chain with a noise level other than ``t``'s. Before each step the
 time-shift sampler reads the state's variance and treats it as the state of the timestep ``tau``, within a window of
@@ -21,8 +21,6 @@ import torch
 
 from ..errors import DiffpropError
 from ..noise import BLOCK
-from .ddim import ddim_step
-from .ddpm import ddpm_step
 
 VARIANCES = ("sample", "group")
 # (window, cutoff) of Li et al.'s official ADM code's example (5 DDIM steps on CIFAR-10); their DDIM-backbone code runs
@@ -62,30 +60,29 @@ def shifted_time(denoiser, x: torch.Tensor, t, t_next, window: int = WINDOW, cut
     return taus[(v[:, None] - target[None]).abs().argmin(dim=1)]
 
 
-def ts_ddpm_step(denoiser, x, t, t_prev, generator=None, window: int = WINDOW, cutoff: int = CUTOFF,
-                 data_var: float | None = None, variance: str = "sample", var_type: str | None = None, clip_x0=None):
-    """TS-DDPM (Li et al. 2024): :func:`~.ddpm.ddpm_step` from the shifted time :func:`shifted_time` to ``t_prev``."""
-    tau = shifted_time(denoiser, x, t, t_prev, window, cutoff, data_var, variance)
-    return ddpm_step(denoiser, x, tau, t_prev, generator, var_type, clip_x0)
+def time_shifted(step, window: int | None = None, cutoff: int | None = None, data_var: float | None = None,
+                 variance: str | None = None):
+    """``step`` (DDPM's or DDIM's, which take per-sample times) taken from the shifted time :func:`shifted_time`
+    instead of the scheduled one: TS-DDPM and TS-DDIM (Li et al. 2024). ``None``: the defaults (window 0 = off,
+    cutoff :data:`CUTOFF`, the published rule)."""
+    if not window:
+        return step
+    cutoff, variance = CUTOFF if cutoff is None else cutoff, variance or "sample"
+
+    def shifted(denoiser, x, t, t_next, generator=None):
+        return step(denoiser, x, shifted_time(denoiser, x, t, t_next, window, cutoff, data_var, variance), t_next,
+                    generator)
+    return shifted
 
 
-def ts_ddim_step(denoiser, x, t, t_prev, generator=None, window: int = WINDOW, cutoff: int = CUTOFF,
-                 data_var: float | None = None, variance: str = "sample", eta: float = 0.0, clip_x0=None,
-                 clipped_eps: bool = False):
-    """TS-DDIM (Li et al. 2024): :func:`~.ddim.ddim_step` from the shifted time :func:`shifted_time` to ``t_prev``."""
-    tau = shifted_time(denoiser, x, t, t_prev, window, cutoff, data_var, variance)
-    return ddim_step(denoiser, x, tau, t_prev, generator, eta, clip_x0, clipped_eps)
-
-
-def check_time_shift(window: int, cutoff: int, data_var: float | None, variance: str) -> None:
-    """Refuse options the time-shift steps cannot use (one line each)."""
-    if window < 0 or cutoff < 0:
+def check_time_shift(window: int | None, cutoff: int | None, data_var: float | None, variance: str | None) -> None:
+    """Refuse options the time shift cannot use (one line each)."""
+    if (window or 0) < 0 or (cutoff or 0) < 0:
         raise DiffpropError(f"time shift: window and cutoff must be >= 0 timesteps, got {window} and {cutoff}")
     if data_var is not None and not data_var >= 0:
         raise DiffpropError(f"time shift: data_var must be >= 0, got {data_var}")
-    if variance not in VARIANCES:
+    if variance is not None and variance not in VARIANCES:
         raise DiffpropError(f"time shift: unknown variance {variance!r}; allowed: {', '.join(VARIANCES)}")
 
 
-__all__ = ["CUTOFF", "VARIANCES", "WINDOW", "check_time_shift", "shifted_time", "state_variance", "ts_ddim_step",
-           "ts_ddpm_step"]
+__all__ = ["CUTOFF", "VARIANCES", "WINDOW", "check_time_shift", "shifted_time", "state_variance", "time_shifted"]
