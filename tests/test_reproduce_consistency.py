@@ -11,14 +11,17 @@ def test_teacher_settings_spend_the_nfe():
 
 
 def test_verdict_reads_the_goal_and_the_teacher_comparison():
-    base = {"sampler": "consistency", "seeds": 3, "kl_estimate": 0.5}
+    base = {"sampler": "consistency", "seeds": 3, "nfe": 1}
+    oracle = {**base, "model": "oracle", "sampler": "ddim", "mode_coverage": 0.02, "high_quality_fraction": 1.0}
     table = [{**base, "model": "cd", "steps": 1, "mode_coverage": 1.0, "high_quality_fraction": 0.7},
-             {**base, "model": "cd", "steps": 2, "mode_coverage": 1.0, "high_quality_fraction": 0.85},
-             {**base, "model": "oracle", "sampler": "ddim", "steps": 1, "kl_estimate": 3.8},
-             {**base, "model": "oracle", "sampler": "ddim", "steps": 2, "kl_estimate": 3.8}]
-    assert exp.verdict(table).startswith("yes") and "reached" in exp.verdict(table)
-    table[1]["high_quality_fraction"] = 0.5
-    assert exp.verdict(table).startswith("partly") and "not reached" in exp.verdict(table)
+             {**base, "model": "cd", "steps": 2, "mode_coverage": 1.0, "high_quality_fraction": 0.92},
+             {**oracle, "steps": 1}, {**oracle, "steps": 2},
+             {**oracle, "sampler": "heun", "steps": 25, "nfe": 49, "mode_coverage": 1.0}]
+    assert exp.verdict(table).startswith("yes") and "(goal: 100 % and >= 80 %: reached)" in exp.verdict(table)
+    table[1]["high_quality_fraction"] = 0.85  # the goal, but not within 0.1 of the teacher's 49-NFE Heun
+    assert exp.verdict(table).startswith("partly")
+    table[1]["high_quality_fraction"], table[0]["mode_coverage"], table[1]["mode_coverage"] = 0.5, 0.0, 0.0
+    assert exp.verdict(table).startswith("no") and "not reached" in exp.verdict(table)
     assert exp.verdict(table[2:]).startswith("undecided")
 
 
@@ -28,7 +31,7 @@ def test_tiny_run_writes_every_row(tmp_path):
         rows = list(csv.DictReader(f))
     got = {(r["model"], r["sampler"], r["steps"]) for r in rows}
     assert {(m, "consistency", str(k)) for m in ("cd", "ct") for k in (1, 2, 4)} <= got
-    assert {("oracle", "ddim", "4"), ("oracle", "heun", "2")} <= got
+    assert {("oracle", "ddim", "4"), ("oracle", "heun", "2"), ("oracle", "heun", "25")} <= got
     assert all(int(r["nfe"]) == int(r["steps"]) for r in rows if r["sampler"] in ("consistency", "ddim"))
     # the teacher's one-step DDIM at sigma = 80 lands on the data mean, (0, 0): one mode, all of it within 4 std
     ddim1 = next(r for r in rows if (r["model"], r["sampler"], r["steps"]) == ("oracle", "ddim", "1"))

@@ -34,8 +34,9 @@ SCALES = {"tiny": replace(common.SCALES["tiny"], data="gmm-grid", steps=40, samp
                            train=("train.batch_size=256", "train.lr=2e-3", "train.lr_schedule=cosine",
                                   "train.warmup_steps=100"),
                            mlp=("model.width=128", "model.depth=3"))}
-MINUTES = {"tiny": 0.3, "small": 40}  # small: estimated from ~4 steps/s per run on 2 loaded cores
+MINUTES = {"tiny": 0.3, "small": 33}  # small: measured 32.9 min (2 cores shared with ~6 jobs, load 12-15)
 NFES = (1, 2, 4)
+REFERENCE = ("heun", 25)  # the teacher's multistep quality: Heun at 49 NFE on the rho = 7 grid
 GOAL_COVERAGE, GOAL_HQ = 1.0, 0.8
 COLUMNS = ("kl_estimate", "high_quality_fraction", "mode_coverage", "within_mode_std_ratio")
 
@@ -70,8 +71,10 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def verdict(table: list[dict]) -> str:
-    """The goal on 2-step CD (mean over seeds), and CD's 1- and 2-step quality against the teacher's DDIM at the same
-    NFE."""
+    """The goal on 2-step CD (mean over seeds); CD's 1- and 2-step mode coverage against the teacher's DDIM at the same
+    NFE (not the KL estimate: a collapse onto the central mode, which DDIM's first step from sigma = 80 lands on, reads
+    log 49 = 3.9 nats, better than any spread-out sample that misses the modes' 0.05 scale); and 2-step CD's
+    within-4-std fraction against the teacher's multistep (``REFERENCE``), "close" within 0.1."""
     def get(m, s, k):
         return next((r for r in table if (r["model"], r["sampler"], r["steps"]) == (m, s, k)), None)
 
@@ -85,9 +88,15 @@ def verdict(table: list[dict]) -> str:
     for k in (1, 2):
         cd, ddim = get("cd", "consistency", k), get("oracle", "ddim", k)
         if cd and ddim:
-            beats.append(cd["kl_estimate"] < ddim["kl_estimate"])
-            parts.append(f"at {k} NFE CD's KL {cd['kl_estimate']:.2f} vs the oracle's DDIM {ddim['kl_estimate']:.2f}")
-    word = "yes" if reached and all(beats) else "partly" if reached or any(beats) else "no"
+            beats.append(cd["mode_coverage"] > ddim["mode_coverage"])
+            parts.append(f"at {k} NFE CD covers {cd['mode_coverage']:.0%} of the modes, the teacher's DDIM "
+                         f"{ddim['mode_coverage']:.0%}")
+    ref = get("oracle", *REFERENCE)
+    close = ref is not None and cd2["high_quality_fraction"] >= ref["high_quality_fraction"] - 0.1
+    if ref is not None:
+        parts.append(f"within 4 std: 2-step CD {cd2['high_quality_fraction']:.1%}, the teacher's Heun at {ref['nfe']} "
+                     f"NFE {ref['high_quality_fraction']:.1%}")
+    word = "yes" if reached and close and all(beats) else "partly" if reached or close or any(beats) else "no"
     return f"{word}: " + "; ".join(parts) + "."
 
 
@@ -125,7 +134,7 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
                 pictures[variant, "consistency", k] = x
         if variant == "cd":  # the teacher on the student's process (sigma_data of the same training data)
             teacher = OracleDenoiser(study.dataset.mixture, model.process)
-            for sampler, steps in dict.fromkeys(st for k in NFES for st in teacher_settings(k)):
+            for sampler, steps in dict.fromkeys([*(st for k in NFES for st in teacher_settings(k)), REFERENCE]):
                 row, x = draw(study, teacher, sampler, steps, seed)
                 rows.append({"model": "oracle", "sampler": sampler, "steps": steps, "seed": seed, **row})
                 if seed == 0 and sampler == "ddim" and steps == 4:
