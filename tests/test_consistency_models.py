@@ -157,8 +157,8 @@ def test_consistency_sampler_on_the_oracle_is_the_posterior_mean_in_one_step(cap
 def test_resume_is_bit_exact_with_the_target_network(tmp_path, capsys):
     cfg = tmp_path / "cd.toml"
     cfg.write_text("")
-    sets = _sets(TINY + [*CM, "objective.loss=cd", "data.name=gmm-ring", "cm.schedule=increasing", "cm.n_max=20", "cm.horizon=8",
-                         "train.steps=8", "train.checkpoint_every=4"])
+    sets = _sets(TINY + [*CM, "objective.loss=cd", "data.name=gmm-ring", "cm.schedule=increasing", "cm.n_max=20",
+                         "cm.horizon=8", "train.steps=8", "train.checkpoint_every=4"])
     assert _cli(["train", cfg, "--out", tmp_path / "a", "--quiet", *sets], capsys)[0] == 0
     assert _cli(["train", cfg, "--out", tmp_path / "b", "--quiet", *sets, "--set", "train.steps=4"], capsys)[0] == 0
     assert _cli(["train", cfg, "--out", tmp_path / "b", "--quiet", *sets, "--resume", "latest"], capsys)[0] == 0

@@ -202,7 +202,8 @@ class ProcessDenoiser(DenoiserBase):
     ``cm`` is a consistency model's ``f(x, t) = c_skip x~ + c_out F`` (Song et al. 2023 App. C, in the same VE view):
     ``c_skip = sigma_data^2 / ((sigma~ - sigma~_min)^2 + sigma_data^2)``, ``c_out = (sigma~ - sigma~_min) sigma_data
     / sqrt(sigma~^2 + sigma_data^2)`` with ``sigma~_min = sigma~(t_min)``, so ``f(x, t_min) = x / alpha(t_min)``
-    exactly (``= x`` for VE and EDM); it is trained by the ``cd``/``ct`` losses (:mod:`diffprop.losses.consistency_models`).
+    exactly (``= x`` for VE and EDM); it is trained by the ``cd``/``ct`` losses
+    (:mod:`diffprop.losses.consistency_models`).
     """
 
     schedule = None

@@ -219,7 +219,9 @@ class ConsistencyLoss:
         h = (t_next - t).reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
         d = ode_drift(self.teacher, x, t, generator)
         x_next = x + h * d
-        return x_next if self.solver == "euler" else x + h / 2 * (d + ode_drift(self.teacher, x_next, t_next, generator))
+        if self.solver == "euler":
+            return x_next
+        return x + h / 2 * (d + ode_drift(self.teacher, x_next, t_next, generator))
 
     def __call__(self, denoiser, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         proc = denoiser.process
