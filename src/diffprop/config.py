@@ -229,7 +229,8 @@ class FokkerPlanckConfig:
 class ChainMMDConfig:
     """The chain-started cumulative regularizer (diffprop.losses.chain_mmd): MMD^2 between the model's own sampling
     chain, a replay buffer advanced L steps per training step from x_T, and q_t."""
-    weight: float = _f(1.0, "its weight in the loss", min=0.0)
+    weight: float = _f(50.0, "its weight in the loss (50: calibrated on gmm-grid so that its gradient norm is "
+                       "comparable to the denoising loss's, docs/results.md)", min=0.0)
     L: int = _f(5, "DDPM steps the buffer's chain advances per training step", min=1)
     grad: str = _f("last", "gradient through the last chain step only (last) or every step of it (all)",
                    choices=("last", "all"))
