@@ -102,10 +102,11 @@ def verdict(table: list[dict]) -> str:
 
 def plot_samples(pictures: dict, out: Path) -> Path:
     """Seed 0's samples of each (model, sampler, steps), one panel each, the 49 modes marked."""
-    fig, axes = plt.subplots(1, len(pictures), figsize=(2.6 * len(pictures), 2.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(pictures), figsize=(2.6 * len(pictures), 3.4), squeeze=False)
     for ax, ((m, s, k), x) in zip(axes[0], pictures.items()):
         ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4)
-        ax.set(xlim=(-4, 4), ylim=(-4, 4), xticks=[], yticks=[], title=f"{m} {s}\n{k} step(s)", aspect="equal")
+        ax.set(xlim=(-4, 4), ylim=(-4, 4), xticks=[], yticks=[], aspect="equal")
+        ax.set_title(f"{m} {s}\n{k} step(s)", fontsize=9)
     return _save(fig, out)
 
 
