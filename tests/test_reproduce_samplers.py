@@ -4,7 +4,7 @@ import csv
 
 from diffprop.cli import main
 from diffprop.experiments import samplers as exp
-from diffprop.samplers import SAMPLERS
+from diffprop.samplers import GENERAL
 
 
 def test_steps_spend_the_nfe_budget():
@@ -32,7 +32,7 @@ def test_tiny_run_writes_every_sampler_and_model(tmp_path):
     with open(out / "table.csv") as f:
         rows = list(csv.DictReader(f))
     assert {(r["model"], r["sampler"]) for r in rows} == {(m, s) for m in ("oracle", "trained", "oracle-edm")
-                                                          for s in SAMPLERS}
+                                                          for s in GENERAL}
     heun = [r for r in rows if r["sampler"] == "heun"]
     assert all(int(r["nfe"]) == 2 * int(r["steps"]) - 1 for r in heun)
     assert all(int(r["nfe"]) == int(r["steps"]) for r in rows if r["sampler"] in ("ddpm", "ddim", "em", "euler"))

@@ -17,7 +17,7 @@ from ..oracle import OracleDenoiser
 from ..plots import _save, plt
 from ..processes import build_process
 from ..runs import load_run
-from ..samplers import SAMPLERS, sample
+from ..samplers import GENERAL, sample
 from . import common
 from .tables import write_report
 
@@ -31,7 +31,7 @@ MINUTES = {"tiny": 0.5, "small": 15}  # measured: 14.7 min (2 shared cores)
 NFES = {"tiny": (10,), "small": (5, 10, 20, 50, 100, 1000)}
 RTOLS = {"tiny": (1e-2,), "small": (1e-1, 1e-2, 1e-3, 1e-5)}  # the adaptive ODE's NFE is set by its tolerance
 CURVE_NFE = 20  # each sampler's error curve at (about) this many evaluations
-CURVE_CHAINS = {"tiny": {"oracle": ("ddim", "heun")}, "small": {"oracle": tuple(SAMPLERS), "trained": tuple(SAMPLERS)}}
+CURVE_CHAINS = {"tiny": {"oracle": ("ddim", "heun")}, "small": {"oracle": GENERAL, "trained": GENERAL}}
 CURVE_KERNEL = "rbf@0.1"  # the mode scale of gmm-grid (the median bandwidth, ~3, is blind inside a mode)
 COLUMNS = ("nfe", "kl_estimate", "high_quality_fraction", "mode_coverage", "mode_weights_pvalue",
            "within_mode_std_ratio", "log_likelihood")
@@ -99,7 +99,7 @@ def plot_curves(curves: dict, T: int, out: Path) -> Path:
     names = list(dict.fromkeys(m for m, _ in curves))
     fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False, sharey=True)
     for ax, m in zip(axes[0], names):
-        for i, sampler in enumerate(SAMPLERS):
+        for i, sampler in enumerate(GENERAL):
             c = curves.get((m, sampler))
             if c is not None:
                 ax.plot(c["t"], c["E"], "o-", ms=3, color=f"C{i}", label=f"{sampler} ({c['nfe']} NFE)")
@@ -118,7 +118,7 @@ def plot_quality(rows: list[dict], out: Path) -> Path:
     names = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.4), squeeze=False, sharex=True)
     for j, m in enumerate(names):
-        for i, sampler in enumerate(SAMPLERS):
+        for i, sampler in enumerate(GENERAL):
             sel = sorted((r for r in rows if r["model"] == m and r["sampler"] == sampler), key=lambda r: r["nfe"])
             if not sel:
                 continue
@@ -168,7 +168,7 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     rec = study.train("ddpm", [], 0)
     T = study.scale.T
     zoo = models(study, rec["dir"])
-    todo = [(m, s, st) for m in zoo for s in SAMPLERS
+    todo = [(m, s, st) for m in zoo for s in GENERAL
             for st in settings(s, NFES[scale], T if m != "oracle-edm" else 10**9, RTOLS[scale])]
     rows = []
     for m, sampler, st in tqdm(todo, desc="samplers: settings", unit="run", disable=not progress):

@@ -92,6 +92,7 @@ class Sampler:
     default_grid: str | dict | None  # None: the process's; a dict by process name, "*" for the others
     about: str
     skip_t_min: bool = False  # its grid: steps + 1 times with t_min left out (t_max, ..., 0: consistency sampling)
+    needs_cm: bool = False  # draws the data only from a consistency model (other denoisers: means E[x0|x_t])
 
     def grid_for(self, process) -> str | None:
         g = self.default_grid
@@ -112,8 +113,10 @@ SAMPLERS = {
                    "t_max to t_min then denoise"),
     "consistency": Sampler(consistency_step, NoOptions, 1, "edm", "consistency sampling (Song et al. 2023 Alg. 1): "
                            "x0 = f(x, t), re-noised to the next time; 1 step or several on the rho = 7 grid",
-                           skip_t_min=True),
+                           skip_t_min=True, needs_cm=True),
 }
+# the samplers that draw the data from any exact denoiser (the consistency sampler needs a consistency model)
+GENERAL = tuple(k for k, v in SAMPLERS.items() if not v.needs_cm)
 NOISE = ("sample", "stream")
 
 
@@ -198,6 +201,6 @@ def sample(denoiser, num: int, shape: tuple[int, ...], *, sampler: str = "ddpm",
     return SamplerOutput(torch.cat(xs), {t: torch.cat(v) for t, v in states.items()}, round(nfe / num))
 
 
-__all__ = ["SAMPLERS", "Sampler", "SamplerOutput", "ddim", "ddim_step", "ddpm", "ddpm_step", "em_step",
+__all__ = ["GENERAL", "SAMPLERS", "Sampler", "SamplerOutput", "ddim", "ddim_step", "ddpm", "ddpm_step", "em_step",
            "consistency_step", "euler_step", "get_sampler", "heun_step", "langevin_step", "make_step", "pc_step",
            "reverse_diffusion_step", "rk45_step", "sample", "sample_from", "sampler_times"]
