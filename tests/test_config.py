@@ -55,7 +55,7 @@ def test_zeros_that_meant_the_preset_in_saved_configs_read_as_absent(tmp_path):
            "[sample]\nsteps = 0\nbatch_size = 0\nclip_x0 = 0.0\n")
     (tmp_path / "config.toml").write_text(old)
     cfg = load_config(tmp_path / "config.toml", saved=True)
-    assert cfg == Config()
+    assert cfg == Config()  # (read as format 2: written back with version = 2 and without the zeros)
     save_config(cfg, tmp_path / "back.toml")
     assert "image_size" not in (tmp_path / "back.toml").read_text()
     (tmp_path / "mine.toml").write_text("[model]\ndropout = 0.0\n[epdm]\nrho = 0.0\n")
@@ -63,6 +63,10 @@ def test_zeros_that_meant_the_preset_in_saved_configs_read_as_absent(tmp_path):
     assert (mine.model.dropout, mine.epdm.rho) == (0.0, 0.0)  # values now: no dropout, uniform w_t
     with pytest.raises(DiffpropError, match=r"data.image_size must be >= 1, got 0 \(leave the key out"):
         load_config(tmp_path / "config.toml")
+    # a config written today (format 2) keeps its zeros: no dropout, uniform w_t, EPDM weighted 0
+    save_config(load_config(None, ["model.dropout=0", "epdm.rho=0", "epdm.weight=0"]), tmp_path / "now.toml")
+    now = load_config(tmp_path / "now.toml", saved=True)
+    assert (now.model.dropout, now.epdm.rho, now.epdm.weight, now.version) == (0.0, 0.0, 0.0, 2)
 
 
 def test_bad_files(tmp_path):

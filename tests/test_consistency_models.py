@@ -197,7 +197,7 @@ def test_cd_digits_config_names_a_missing_teacher_in_one_line(tmp_path, capsys):
     ([*CM, "objective.loss=cd", "cm.teacher=/nonexistent/run"], "is neither 'oracle' nor a diffprop run folder"),
     ([*CM, "objective.loss=ct", "cm.n_min=30", "cm.n_max=20"], "need 2 <= n_min <= n_max"),
     ([*CM, "objective.loss=ct", "cm.distance=l1"], "cm.distance = 'l1' is not allowed"),
-    (["diffusion.parameterization=cm", "objective.loss=ct"], "unknown parameterization 'cm'"),
+    (["diffusion.parameterization=cm", "objective.loss=ct"], "diffusion.parameterization = 'cm' (a consistency model, Song et al. 2023) needs a continuous-time diffusion.process"),
 ])
 def test_bad_consistency_input_is_one_line_exit_2(tmp_path, capsys, sets, message):
     cfg = tmp_path / "c.toml"

@@ -159,7 +159,8 @@ _FLAG_HELP = {"snr": "pc: the Langevin corrector's signal-to-noise ratio (Song e
               "shift_window": "ddpm, ddim: the time-shift sampler (Li et al. 2024; TS-DDPM, TS-DDIM): step from the "
                               "timestep among t - W/2 .. t + W/2 whose marginal variance is closest to the state's "
                               "(default: off; the official code's example is 80)",
-              "shift_cutoff": "ddpm, ddim: time-shift only at timesteps above this (default 300)",
+              "shift_cutoff": "ddpm, ddim: time-shift only at timesteps above this (default 0.3 T, "
+                              "the published 300 of 1000)",
               "shift_data_var": "ddpm, ddim: time shift matching abar V + 1 - abar, V the data's variance per "
                                 "coordinate (default: the published 1 - abar)",
               "shift_variance": "ddpm, ddim: time shift reading a state's variance over its own coordinates (sample, "
@@ -798,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--grid", metavar="V1,V2,...", help="values searched (default: B in 0.9 .. 1.1 for eps-scaling, "
                     "windows 0, 2, 4, .., 256 for time-shift)")
     tn.add_argument("--cutoff", type=_positive(int), help="time-shift: no shift at or below this timestep "
-                    "(default 300)")
+                    "(default 0.3 T, the published 300 of 1000)")
     tn.add_argument("--num", type=_positive(int, MAX_SAMPLES), default=1000, help="samples per value (default 1000)")
     tn.add_argument("--tune-seed", type=_seed, default=1, help="seed of the draws the value is chosen on (default 1)")
     tn.add_argument("--seed", type=_seed, default=0, help="seed of the final evaluation's draws (default 0)")
@@ -821,8 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="run a paper-scale reproduction without a GPU")
     r.add_argument("--out", help="output folder (default: runs/reproduce/NAME-SCALE, with -DATA when --data is given)")
     r.add_argument("--jobs", type=_positive(int, 64), default=1, help="train the reproduction's independent runs in "
-                   "this many processes at once, each with its share of the CPU threads (default 1); results do not "
-                   "depend on it")
+                   "this many processes at once, each with its share of the CPU threads (default 1); the weights "
+                   "do not depend on it, the training times they record do")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_reproduce)
 

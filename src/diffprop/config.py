@@ -322,6 +322,8 @@ class Config:
     score_matching: ScoreMatchingConfig = field(default_factory=ScoreMatchingConfig)
     cm: CMConfig = field(default_factory=CMConfig)
     smd: SMDConfig = field(default_factory=SMDConfig)
+    version: int = _f(2, "config format (absent: 1, written before 2026-12, where 0 meant the preset in the keys of "
+                      "diffprop.config.ZERO_WAS_PRESET)", min=1, max=2)
 
     def to_dict(self) -> dict:
         """The config as TOML data: None ("the preset") is left out, as TOML has no null."""
@@ -449,10 +451,11 @@ def _check_process(cfg: Config) -> None:
             raise DiffpropError(f"config: diffusion.{key} applies to diffusion.process = {', '.join(users)}, not "
                                 f"{name!r}")
     if name == "discrete":
-        if d.parameterization == "edm":
-            raise DiffpropError(f"config: diffusion.parameterization = 'edm' (Karras et al. 2022's preconditioning) "
-                                f"needs a continuous-time diffusion.process ({', '.join(PROCESS_CONFIGS)}), not "
-                                f"'discrete'")
+        what = {"edm": "Karras et al. 2022's preconditioning", "cm": "a consistency model, Song et al. 2023"}
+        if d.parameterization in what:
+            raise DiffpropError(f"config: diffusion.parameterization = {d.parameterization!r} "
+                                f"({what[d.parameterization]}) needs a continuous-time diffusion.process "
+                                f"({', '.join(PROCESS_CONFIGS)}), not 'discrete'")
     else:
         if d.parameterization == "v" and not PROCESSES[name].vp:
             vp = [p for p, c in PROCESSES.items() if c is None or c.vp]  # None: the discrete chain
@@ -531,10 +534,10 @@ ZERO_WAS_PRESET = ("data.image_size", "diffusion.beta_start", "diffusion.beta_en
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *, saved: bool = False) -> Config:
     """The defaults, updated by the TOML file at ``path`` and then by ``--set`` overrides, validated. ``saved``: the
     file is a run folder's ``config.toml``, written by diffprop, so a name renamed since it was written
-    (:data:`diffprop.names.RENAMED`) is read under its new name, and a 0 that meant "the preset" in a key of
-    :data:`ZERO_WAS_PRESET` is read as the key left out."""
+    (:data:`diffprop.names.RENAMED`) is read under its new name, and in a file of format 1 (no ``version``) a 0 that
+    meant "the preset" in a key of :data:`ZERO_WAS_PRESET` is read as the key left out."""
     data = read_toml(path) if path is not None else {}
-    if saved:
+    if saved and "version" not in data:  # format 1
         for key in ZERO_WAS_PRESET:
             section, name = key.split(".")
             if isinstance(data.get(section), dict) and type(data[section].get(name)) in (int, float) \

@@ -82,7 +82,11 @@ def train_all(todo: list[tuple[Config, Path]], jobs: int = 1, progress: bool = T
     # spawn, not fork: a forked child inherits the parent's torch thread pools and any CUDA state
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_train_in_worker, cfg.to_dict(), str(d), threads): i for i, (cfg, d) in enumerate(todo)}
-        for f in tqdm(as_completed(futures), total=len(futures), desc=f"{desc} ({jobs} processes)", unit="run",
-                      disable=not progress):
-            records[futures[f]] = f.result()
+        try:
+            for f in tqdm(as_completed(futures), total=len(futures), desc=f"{desc} ({jobs} processes)", unit="run",
+                          disable=not progress):
+                records[futures[f]] = f.result()
+        except BaseException:  # a run failed (or ^C): the queued ones do not start
+            pool.shutdown(cancel_futures=True)
+            raise
     return records

@@ -61,7 +61,7 @@ def method_options(method: str, value, sampler: str, options: dict | None = None
     if method == "time-shift":
         if sampler not in BASES:
             raise DiffpropError(f"time shift applies to --sampler {' or '.join(BASES)}, not {sampler}")
-        if float(value) != int(value) or value < 0:
+        if not math.isfinite(float(value)) or float(value) != int(value) or value < 0:
             raise DiffpropError(f"time-shift windows are whole numbers of timesteps >= 0, got {value}")
         return sampler, {**options, "shift_window": int(value)}
     raise DiffpropError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")

@@ -122,6 +122,7 @@ def markdown(table: list[dict]) -> str:
 
 def run(out: Path, scale: str = "small", seeds: int | None = None, progress: bool = True, **options) -> Path:
     study = common.Study("consistency", out, scale, SCALES[scale], seeds, progress, **options)
+    study.train_all(VARIANTS)
     rows, pictures, records = [], {}, []
     todo = [(v, s) for s in range(study.seeds) for v in VARIANTS]
     for variant, seed in tqdm(todo, desc="consistency: runs", unit="run", disable=not progress):

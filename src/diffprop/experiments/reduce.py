@@ -16,8 +16,6 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from ..runs import load_run
 from ..samplers import sample
 from ..tune import method_options, mixture_kl, tune
@@ -107,14 +105,16 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     t1 = f"cumulative_t1[{kernels[-1]}]"
     rows = [{**r, "budget": "steps"} for r in steps.train_and_score(TRAINED, kernels=kernels)]
     rows += _sampling_rows(steps, rows, kernels, GRIDS[scale])
-    budget = float(np.mean([r["seconds"] for r in rows if r["variant"] == "vanilla"]))
+    # vanilla's wall clock for the scale's steps, from the side-by-side timing (one run at a time, all threads), not
+    # from its training record, which --jobs measures with the CPU shared
+    ms = steps.time_per_step(TRAINED, *TIMING[scale])
+    budget = ms["vanilla"] * steps.scale.steps / 1e3
     clock = common.Study("reduce", out / "equal-time", scale, replace(SCALES[scale], time_budget=max(budget, 1.0)),
                          seeds, progress, **{k: v for k, v in options.items() if k != "jobs"})
     timed = [{**r, "budget": "wall clock"} for r in clock.train_and_score(TRAINED, kernels=kernels)]
     for r in rows + timed:
         r.update({f"cumulative_t1[{k}]": r["curves"][k]["cumulative"][0] if "curves" in r else float("nan")
                   for k in kernels})
-    ms = steps.time_per_step(TRAINED, *TIMING[scale])
     cols = ["steps", *steps.columns, *(f"cumulative_t1[{k}]" for k in kernels)]
     table = ("### At equal steps\n\n" + write_table(out, rows, cols) + "\n### At equal wall clock "
              f"({budget:.0f} s per run)\n\n" + write_table(out / "equal-time", timed, cols))

@@ -17,16 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import list_checkpoints
 from ..config import load_config
 from ..data import load_dataset
 from ..diagnostics.entropy import knn_entropy
 from ..metrics.toy import mixture_metrics
 from ..oracle import OracleDenoiser
 from ..plots import plt
-from ..runs import load_run, made_with
+from ..run_cache import train_or_reuse
+from ..runs import load_run
 from ..samplers import sample
-from ..training import Trainer
 from .smd_grid import SMD, TINY_BETAS, eta_spread, posterior_spread
 from .tables import by_variant, compare, mean_std, p_text, write_report
 
@@ -66,9 +65,7 @@ def mode_chi2(weights: list[float]) -> float:
 def _one(loss: str, seed: int, s: dict, out: Path, data, progress: bool) -> list[dict]:
     cfg = _config(s, loss, seed)
     run_dir = out / "runs" / f"{loss}-seed{seed}"
-    if not (list_checkpoints(run_dir) and made_with(run_dir, cfg)
-            and list_checkpoints(run_dir)[-1].name == f"step_{s['steps']:08d}"):
-        Trainer(cfg, run_dir, progress=progress).train()
+    train_or_reuse(cfg, run_dir, progress=progress)
     den = load_run(run_dir).denoiser
     spread = eta_spread(den, data.x[:512].float(), s["T"] // 2, seed)
     rows = []

@@ -69,7 +69,7 @@ def multiscale_mmd(x: torch.Tensor, y: torch.Tensor, scales: int) -> tuple[torch
     in training) still gets a gradient, where a bandwidth set by the data alone would have all its kernel values
     underflow."""
     n, m = len(x), len(y)
-    d2 = torch.cdist(torch.cat([x, y]), torch.cat([x, y])).pow(2)
+    d2 = torch.cdist(torch.cat([x, y]), torch.cat([x, y])).pow(2).fill_diagonal_(0)  # cdist's diagonal is not 0
     with torch.no_grad():
         d = d2.detach().double().clamp(min=0).sqrt()
         lo = float(d[n:, n:].fill_diagonal_(math.inf).min(1).values.median())

@@ -31,7 +31,7 @@ from .time_shift import check_time_shift, time_shifted
 @dataclass
 class TimeShiftOptions:  # the time-shift sampler (Li et al. 2024; samplers.time_shift), in timesteps
     shift_window: int | None = None  # None: off (the plain sampler)
-    shift_cutoff: int | None = None  # None: 300, the official code's example
+    shift_cutoff: int | None = None  # None: 0.3 T, the official code's example (300 of 1000)
     shift_data_var: float | None = None  # None: the published rule, the noise's variance 1 - abar alone
     shift_variance: str | None = None  # None: "sample"; "group": pooled over BLOCK consecutive samples
 

@@ -25,7 +25,7 @@ from ..noise import BLOCK
 VARIANCES = ("sample", "group")
 # (window, cutoff) of Li et al.'s official ADM code's example (5 DDIM steps on CIFAR-10); their DDIM-backbone code runs
 # (5, 550) at 100 PNDM steps and (30, 300) at 5 DPM-solver steps: the window depends on the step size (`diffprop tune`)
-WINDOW, CUTOFF = 80, 300
+WINDOW, CUTOFF = 80, 300  # the cutoff on their T = 1000 chain; CUTOFF / 1000 of T on others
 
 
 def state_variance(x: torch.Tensor, variance: str = "sample") -> torch.Tensor:
@@ -39,17 +39,18 @@ def state_variance(x: torch.Tensor, variance: str = "sample") -> torch.Tensor:
     return v.repeat_interleave(torch.tensor(sizes, device=x.device))
 
 
-def shifted_time(denoiser, x: torch.Tensor, t, t_next, window: int = WINDOW, cutoff: int = CUTOFF,
+def shifted_time(denoiser, x: torch.Tensor, t, t_next, window: int = WINDOW, cutoff: int | None = None,
                  data_var: float | None = None, variance: str = "sample"):
     """The time ``tau`` (per sample, a (B,) float64 tensor) among ``t + j``, ``|j| <= window // 2`` an integer, in
     ``(t_next, T]``, whose marginal variance ``abar_tau data_var + 1 - abar_tau`` is closest to the state's (Li et
     al. 2024, the Time-Shift Sampler's ``t_s = argmin``); ``t`` itself where no shift applies (``window = 0``,
-    ``t <= cutoff`` or ``t = T``)."""
+    ``t <= cutoff`` or ``t = T``; ``cutoff`` None: the published 300 of 1000 timesteps, as the same share of T)."""
     proc = denoiser.process
     T = getattr(proc, "T", None)
     if T is None:
         raise DiffpropError(f"time-shift sampling picks among the timesteps of the discrete chain; the {proc.name} "
                             f"process has none")
+    cutoff = round(CUTOFF * T / 1000) if cutoff is None else cutoff
     if window == 0 or float(t) <= cutoff or float(t) >= T:
         return t
     taus = float(t) + torch.arange(-(window // 2), window // 2 + 1, dtype=torch.float64, device=x.device)
@@ -64,10 +65,10 @@ def time_shifted(step, window: int | None = None, cutoff: int | None = None, dat
                  variance: str | None = None):
     """``step`` (DDPM's or DDIM's, which take per-sample times) taken from the shifted time :func:`shifted_time`
     instead of the scheduled one: TS-DDPM and TS-DDIM (Li et al. 2024). ``None``: the defaults (window 0 = off,
-    cutoff :data:`CUTOFF`, the published rule)."""
+    cutoff :data:`CUTOFF` of T = 1000, the published rule, as the same share of other T)."""
     if not window:
         return step
-    cutoff, variance = CUTOFF if cutoff is None else cutoff, variance or "sample"
+    variance = variance or "sample"
 
     def shifted(denoiser, x, t, t_next, generator=None):
         return step(denoiser, x, shifted_time(denoiser, x, t, t_next, window, cutoff, data_var, variance), t_next,
