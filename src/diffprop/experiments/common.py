@@ -20,11 +20,11 @@ from ..config import Config, load_config
 from ..data import load_dataset
 from ..diagnostics.propagation import Propagation
 from ..errors import DiffpropError
+from ..run_cache import RECORD, finished, train_all, train_or_reuse
 from ..runs import load_run, made_with
 from ..training import Trainer
 from . import gpu
 from .evaluation import SAMPLE_BATCH, Evaluator, slug  # noqa: F401 (SAMPLE_BATCH: the reproductions' batch)
-from ..run_cache import RECORD, finished, train_all, train_or_reuse
 
 
 @dataclass(frozen=True)
