@@ -40,6 +40,7 @@ def test_set_reads_toml_values_and_falls_back_to_strings():
     (["train.ema_warmup=1"], r"train.ema_warmup must be true or false"),
     (["diffusion.beta_start=0.03"], r"beta_start \(0.03\) must be <= diffusion.beta_end \(0.02\)"),
     (["train=3"], r"\[train\] must be a section"),
+    (["version=3"], r"version must be <= 2, got 3"),
 ])
 def test_invalid_values_are_rejected_with_the_key_and_the_allowed_values(override, message):
     with pytest.raises(DiffpropError, match=message) as e:

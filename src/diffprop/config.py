@@ -543,6 +543,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if isinstance(data.get(section), dict) and type(data[section].get(name)) in (int, float) \
                     and data[section][name] == 0:
                 del data[section][name]
+    if saved:
         for key, renamed in RENAMED.items():
             section, name = key.split(".")
             value = data[section].get(name) if isinstance(data.get(section), dict) else None  # (else _build says)
