@@ -116,16 +116,24 @@ def _snapshots(s: dict, out: Path, data, progress: bool) -> None:
         plot_scatter(dict(row), out / f"scatter_{name}.png", reference=data.x[:3000].numpy())
 
 
+def score_runs(out: Path, s: dict, seeds: int, variants, one, progress: bool):
+    """``(data, rows, exact spread)``: gmm-grid, the rows ``one(variant, seed, s, out, data, progress)`` of every
+    variant x seed (also written to ``runs.json``), and the exact posterior's spread at t = T/2 (on the schedule of
+    the first variant's seed-0 run)."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset("gmm-grid", seed=0)
+    rows = [r for seed in range(seeds) for v in variants for r in one(v, seed, s, out, data, progress)]
+    (out / "runs.json").write_text(json.dumps(rows, indent=1))
+    first = load_run(out / "runs" / f"{next(iter(variants))}-seed0").denoiser
+    return data, rows, posterior_spread(OracleDenoiser(data.mixture, first.schedule), data.x[:512].double(),
+                                        s["T"] // 2)
+
+
 def run(out: Path, scale: str = "small", seeds: int | None = None, progress: bool = True) -> Path:
     s = SCALES[scale]
     seeds = seeds or s["seeds"]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset("gmm-grid", seed=0)
-    rows = [r for seed in range(seeds) for v in VARIANTS for r in _one(v, seed, s, out, data, progress)]
-    (out / "runs.json").write_text(json.dumps(rows, indent=1))
-    exact_spread = posterior_spread(OracleDenoiser(data.mixture, load_run(out / "runs" / "ddpm-seed0").denoiser.schedule),
-                                    data.x[:512].double(), s["T"] // 2)
+    data, rows, exact_spread = score_runs(out, s, seeds, VARIANTS, _one, progress)
     cols = ("eta_spread", *QUALITY)
     cell = lambda v, k, c: np.array([r[c] for r in rows if r["variant"] == v and r["sampling_steps"] == k])  # noqa
     with open(out / "table.csv", "w", newline="") as f:

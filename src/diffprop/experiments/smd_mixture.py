@@ -18,15 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from ..config import load_config
-from ..data import load_dataset
 from ..diagnostics.entropy import knn_entropy
 from ..metrics.toy import mixture_metrics
-from ..oracle import OracleDenoiser
 from ..plots import plt
 from ..run_cache import train_or_reuse
 from ..runs import load_run
 from ..samplers import sample
-from .smd_grid import SMD, TINY_BETAS, eta_spread, posterior_spread
+from .smd_grid import SMD, TINY_BETAS, eta_spread, score_runs
 from .tables import by_variant, compare, mean_std, p_text, write_report
 
 CLAIM = ("SMD trained with the backward step's mixture cross-entropy (not in Li, van Breugel & van der Schaar 2024) "
@@ -110,12 +108,7 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     s = SCALES[scale]
     seeds = seeds or s["seeds"]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset("gmm-grid", seed=0)
-    rows = [r for seed in range(seeds) for v in LOSSES for r in _one(v, seed, s, out, data, progress)]
-    (out / "runs.json").write_text(json.dumps(rows, indent=1))
-    exact = posterior_spread(OracleDenoiser(data.mixture, load_run(out / "runs" / "mse-seed0").denoiser.schedule),
-                             data.x[:512].double(), s["T"] // 2)
+    data, rows, exact = score_runs(out, s, seeds, LOSSES, _one, progress)
     cols = ("eta_spread", *COLUMNS)
     cell = lambda v, k, c: np.array([r[c] for r in rows if r["variant"] == v and r["sampling_steps"] == k])  # noqa
     table = ("| loss | sampling steps | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols) + "\n" +
