@@ -492,7 +492,7 @@ def cmd_export(args) -> None:
 def cmd_tune(args) -> None:
     from .data import load_dataset, to_data_units
     from .samplers import SAMPLERS
-    from .tune import BASES, GRIDS, METHODS, frechet, halves, mixture_kl, tune
+    from .tune import BASES, GRIDS, METHODS, frechet, halves, mixture_kl, pooled_shift, tune
 
     if args.method not in METHODS:
         raise DiffpropError(f"unknown method {args.method!r}; allowed: {', '.join(METHODS)}")
@@ -516,8 +516,7 @@ def cmd_tune(args) -> None:
         tune_q = eval_q = mixture_kl(ds.mixture)
         quality = "kl"
         if args.method == "time-shift":  # low-dimensional data: pooled variance, matched with the data's share
-            options.update(shift_variance="group",
-                           shift_data_var=float(ds.from_data_units(ds.x).double().var(0).mean()))
+            options.update(pooled_shift(ds.from_data_units(ds.x)))
     elif ds.is_image:
         from .metrics.features import get_extractor
 

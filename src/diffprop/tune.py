@@ -67,6 +67,13 @@ def method_options(method: str, value, sampler: str, options: dict | None = None
     raise DiffpropError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
 
 
+def pooled_shift(x: torch.Tensor) -> dict:
+    """Time-shift options for low-dimensional data ``x`` (model units): a state's variance pooled over its group of
+    samples, matched with ``abar V + 1 - abar``, ``V`` the data's variance per coordinate (one sample's variance over
+    two coordinates, the published rule, means nothing)."""
+    return {"shift_variance": "group", "shift_data_var": float(x.double().var(0).mean())}
+
+
 def tune(denoiser, shape: tuple[int, ...], method: str, *, tune_quality: Callable, eval_quality: Callable,
          quality_name: str, sampler: str = "ddim", steps: int | None = None, grid=None, num: int = 1000,
          tune_seed: int = 1, eval_seed: int = 0, options: dict | None = None, to_data: Callable | None = None,
@@ -106,4 +113,5 @@ def tune(denoiser, shape: tuple[int, ...], method: str, *, tune_quality: Callabl
             "gain": evaluation["baseline"][quality_name] - evaluation["chosen"][quality_name]}
 
 
-__all__ = ["BASES", "GRIDS", "METHODS", "NEUTRAL", "frechet", "halves", "method_options", "mixture_kl", "tune"]
+__all__ = ["BASES", "GRIDS", "METHODS", "NEUTRAL", "frechet", "halves", "method_options", "mixture_kl", "pooled_shift",
+           "tune"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..runs import load_run
 from ..samplers import sample
-from ..tune import method_options, mixture_kl, tune
+from ..tune import method_options, mixture_kl, pooled_shift, tune
 from . import common
 from .curves import mode_bandwidth, plot_curves, reference_curve
 from .tables import by_variant, compare, describe_tests, standing, write_report, write_table
@@ -52,7 +52,7 @@ def _sampling_rows(study, rows: list[dict], kernels, grids: dict) -> list[dict]:
         for method, name in SAMPLING.items():
             opts = dict(base)
             if method == "time-shift" and not study.image:  # low-dimensional data: pooled variance (diffprop.tune)
-                opts.update(shift_variance="group", shift_data_var=float(study.dataset.x.double().var(0).mean()))
+                opts.update(pooled_shift(study.dataset.x))
             tuned = tune(den, tuple(study.dataset.data_shape), method, tune_quality=tune_q, eval_quality=tune_q,
                          quality_name=metric, sampler="ddpm", grid=grids.get(method), num=study.scale.samples,
                          tune_seed=1, eval_seed=2, options=opts, device=study.device)
