@@ -49,6 +49,26 @@ def test_a_finished_run_is_reused_an_unfinished_one_resumed_a_changed_one_retrai
     assert finished(d, other)
 
 
+def test_a_fine_tune_is_reused_only_from_the_same_weights(tmp_path):
+    base_a, base_b, cfg, d = tmp_path / "a", tmp_path / "b", _cfg(), tmp_path / "ft"
+    train_or_reuse(cfg, base_a, progress=False)
+    train_or_reuse(_cfg("seed=1"), base_b, progress=False)
+    first = train_or_reuse(cfg, d, progress=False, init_from=base_a)
+    assert not first["reused"] and finished(d, cfg, base_a)
+    assert not finished(d, cfg) and not finished(d, cfg, base_b)  # same config, other weights: not this run
+    assert train_or_reuse(cfg, d, progress=False, init_from=base_a)["reused"]
+    # from other weights it trains again, and ends elsewhere than from base_a
+    again = train_or_reuse(cfg, d, progress=False, init_from=base_b)
+    assert not again["reused"] and finished(d, cfg, base_b)
+    ref = tmp_path / "ref"
+    train_or_reuse(cfg, ref, progress=False, init_from=base_a)
+    assert any(not torch.equal(a, _weights(ref)[k]) for k, a in _weights(d).items())
+    # parallel processes carry the weights to start from
+    par = tmp_path / "par"
+    train_all([(cfg, par, base_a), (_cfg("seed=1"), tmp_path / "other")], jobs=2, progress=False)
+    assert finished(par, cfg, base_a) and all(torch.equal(a, _weights(ref)[k]) for k, a in _weights(par).items())
+
+
 def test_runs_trained_in_parallel_processes_equal_runs_trained_in_turn(tmp_path):
     todo = [(_cfg(f"seed={s}"), tmp_path / "par" / f"s{s}") for s in (0, 1)]
     records = train_all(todo, jobs=2, progress=False)

@@ -21,7 +21,7 @@ from ..data import load_dataset
 from ..diagnostics.propagation import Propagation
 from ..errors import DiffpropError
 from ..run_cache import RECORD, finished, train_all, train_or_reuse
-from ..runs import load_run, made_with
+from ..runs import load_run
 from ..training import Trainer
 from . import gpu
 from .evaluation import SAMPLE_BATCH, Evaluator, slug  # noqa: F401 (SAMPLE_BATCH: the reproductions' batch)
@@ -99,8 +99,10 @@ class Study:
     ``quality``, ``curves``, ...) and the report's setup sentence."""
 
     def __init__(self, name: str, out: Path, scale_name: str, scale: Scale, seeds: int | None, progress: bool, *,
-                 data: str | None = None, inception_weights: str | None = None, force: bool = False, jobs: int = 1):
+                 data: str | None = None, inception_weights: str | None = None, force: bool = False, jobs: int = 1,
+                 init_from: dict[int, str] | None = None):
         self.name, self.out, self.scale_name, self.scale = name, Path(out), scale_name, scale
+        self.init_from = init_from or {}  # seed -> the run each of its variants fine-tunes (none: from scratch)
         self.seeds, self.progress, self.force, self.jobs = seeds or scale.seeds, progress, force, jobs
         self.data_name = data or scale.data
         if self.data_name is None:
@@ -157,11 +159,12 @@ class Study:
         """Train one run, reuse a finished one of the same config (here or in a sibling reproduction) or resume an
         unfinished one from its latest checkpoint (step budgets only); its record: folder, steps, seconds (of this
         session's training)."""
-        cfg, run_dir = self.config(extra, seed), self.run_dir(variant, seed)
-        if not finished(run_dir, cfg) and (other := self.finished_elsewhere(cfg)) is not None:
+        cfg, run_dir, init = self.config(extra, seed), self.run_dir(variant, seed), self.init_from.get(seed)
+        if not finished(run_dir, cfg, init) and (other := self.finished_elsewhere(cfg, init)) is not None:
             return {"variant": variant, "seed": seed, **read_json(other / RECORD, "training record"),
                     "dir": str(other), "shared": True}
-        return {"variant": variant, "seed": seed, **train_or_reuse(cfg, run_dir, progress=self.progress)}
+        return {"variant": variant, "seed": seed, **train_or_reuse(cfg, run_dir, progress=self.progress,
+                                                                   init_from=init)}
 
     def train_all(self, variants: dict[str, list[str]]) -> None:
         """Every variant x seed trained (or reused) before they are scored, ``jobs`` runs at a time in separate
@@ -171,17 +174,19 @@ class Study:
         if self.scale.time_budget:
             raise DiffpropError(f"{self.name} trains each run for {self.scale.time_budget:g} s of wall clock, which "
                                 f"runs in parallel would share: run it with --jobs 1")
-        todo = [(self.config(extra, seed), self.run_dir(variant, seed))
+        todo = [(self.config(extra, seed), self.run_dir(variant, seed), self.init_from.get(seed))
                 for seed in range(self.seeds) for variant, extra in variants.items()]
-        todo = [(cfg, d) for cfg, d in todo if not finished(d, cfg) and self.finished_elsewhere(cfg) is None]
+        todo = [(cfg, d, i) for cfg, d, i in todo
+                if not finished(d, cfg, i) and self.finished_elsewhere(cfg, i) is None]
         train_all(todo, self.jobs, self.progress, desc=f"{self.name}: training")
 
-    def finished_elsewhere(self, cfg: Config) -> Path | None:
-        """A finished run of config ``cfg`` made by a sibling reproduction (``OUT/../*/runs/*``): 002's Table 1, Fig. 3
-        and Fig. 4 train the same DDPM and SMD models, so each is trained once."""
+    def finished_elsewhere(self, cfg: Config, init_from: str | None = None) -> Path | None:
+        """A finished run of config ``cfg`` (from the weights of ``init_from``) made by a sibling reproduction
+        (``OUT/../*/runs/*``): 002's Table 1, Fig. 3 and Fig. 4 train the same DDPM and SMD models, so each is trained
+        once."""
         for done in sorted(self.out.parent.glob(f"*/runs/*/{RECORD}")):
             run_dir = done.parent
-            if run_dir.parent.parent.resolve() != self.out.resolve() and made_with(run_dir, cfg):
+            if run_dir.parent.parent.resolve() != self.out.resolve() and finished(run_dir, cfg, init_from):
                 return run_dir
         return None
 
