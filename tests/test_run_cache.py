@@ -49,6 +49,24 @@ def test_a_finished_run_is_reused_an_unfinished_one_resumed_a_changed_one_retrai
     assert finished(d, other)
 
 
+def test_a_section_added_since_at_its_defaults_is_no_difference_a_key_is(tmp_path):
+    """A run made before a section existed (its config.toml lacks it) is still a run of today's config while that
+    section holds its defaults; a missing key inside a section, or the section changed, is a difference."""
+    import tomllib
+
+    import tomli_w
+
+    cfg, d = _cfg(), tmp_path / "run"
+    train_or_reuse(cfg, d, progress=False)
+    saved = tomllib.loads((d / "config.toml").read_text())
+    assert "chain_denoise" in saved and finished(d, cfg)
+    write = lambda data: (d / "config.toml").write_text(tomli_w.dumps(data))  # noqa: E731
+    write({k: v for k, v in saved.items() if k != "chain_denoise"})
+    assert finished(d, cfg) and not finished(d, _cfg("chain_denoise.reference=10"))
+    write({**saved, "train": {k: v for k, v in saved["train"].items() if k != "log_grad_norms"}})
+    assert not finished(d, cfg)
+
+
 def test_a_fine_tune_is_reused_only_from_the_same_weights(tmp_path):
     base_a, base_b, cfg, d = tmp_path / "a", tmp_path / "b", _cfg(), tmp_path / "ft"
     train_or_reuse(cfg, base_a, progress=False)

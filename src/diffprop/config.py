@@ -246,6 +246,21 @@ class ChainMMDConfig:
 
 
 @dataclass
+class ChainDenoiseConfig:
+    """Denoising at the model's own chain states (diffprop.losses.chain_denoise): the network regressed on the
+    empirical data's denoiser at the states of its DDPM chain, a replay buffer advanced L steps per training step."""
+    weight: float = _f(1.0, "its weight in the loss (its mean square is in the denoising loss's units)", min=0.0)
+    L: int = _f(5, "DDPM steps the buffer's chain advances per training step (without gradients)", min=1)
+    time_weights: str = _f("log_uniform", "the target law of t, reached by importance weights over the chain's "
+                           "visits: log_uniform (p(t) ~ 1/t, toward small t), uniform",
+                           choices=("log_uniform", "uniform"))
+    particles: int | None = _f(None, "chain particles in the buffer (absent: a quarter of the batch per process)",
+                               min=2)
+    reference: int = _f(4096, "fresh training examples per step whose empirical posterior mean E[x_0 | x_t] is the "
+                        "target", min=1, max=10**6)
+
+
+@dataclass
 class ScoreMatchingConfig:
     """The score-matching losses (``objective.loss`` = dsm, ssm, ssm-vr, ism; diffprop.losses.score_matching)."""
     weighting: str = _f("sigma2", "lambda(t): sigma2 = sigma(t)^2 (Song et al. 2021, score SDE; with eps prediction "
@@ -319,6 +334,7 @@ class Config:
     input_perturbation: InputPerturbationConfig = field(default_factory=InputPerturbationConfig)
     fokker_planck: FokkerPlanckConfig = field(default_factory=FokkerPlanckConfig)
     chain_mmd: ChainMMDConfig = field(default_factory=ChainMMDConfig)
+    chain_denoise: ChainDenoiseConfig = field(default_factory=ChainDenoiseConfig)
     score_matching: ScoreMatchingConfig = field(default_factory=ScoreMatchingConfig)
     cm: CMConfig = field(default_factory=CMConfig)
     smd: SMDConfig = field(default_factory=SMDConfig)

@@ -31,11 +31,18 @@ from .schedules import NoiseSchedule
 def made_with(run_dir: Path, cfg: Config) -> bool:
     """Whether ``run_dir`` holds a run of exactly ``cfg``: its ``config.toml`` names every key with the same value. (Not
     :func:`load_config`, which fills keys added since with today's defaults, so a run made before a new option
-    existed would pass for one made with it.)"""
+    existed would pass for one made with it.) One exception: a whole section added since (a new regularizer's),
+    which ``cfg`` leaves at its defaults, is no difference, as a section is read only when a compared key (its
+    name in ``objective.regularizers``, ...) switches it on."""
     try:
-        return read_toml(run_dir / "config.toml") == cfg.to_dict()
+        saved = read_toml(run_dir / "config.toml")
     except DiffpropError:  # no config or not TOML: not a run of ours
         return False
+    want, default = cfg.to_dict(), Config().to_dict()
+    for name in set(want) - set(saved):
+        if isinstance(want[name], dict) and want[name] == default.get(name):
+            del want[name]
+    return saved == want
 
 
 def build_schedule(cfg: Config) -> NoiseSchedule:

@@ -18,6 +18,8 @@ VARIANTS = {
     "fokker_planck": ['objective.regularizers=["fokker_planck"]'],
     # the chain-started term (losses.chain_mmd): L steps of the model's own chain per training step
     "chain_mmd L=5 grad=last": ['objective.regularizers=["chain_mmd"]', "chain_mmd.L=5", "chain_mmd.grad=last"],
+    # denoising at the chain's states (losses.chain_denoise): L no-grad steps and a 4096-example posterior mean
+    "chain_denoise L=5": ['objective.regularizers=["chain_denoise"]', "chain_denoise.L=5"],
 }
 
 

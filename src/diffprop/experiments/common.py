@@ -7,7 +7,9 @@ reproduction continues where it stopped; so is one that a sibling reproduction (
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +93,21 @@ def curve_lists(result: Propagation) -> dict[str, dict[str, list]]:
     cols = ("cumulative", "modular", "floor", "amplification")
     return {k: {"t": result.column(k, "cumulative")[0].tolist(),
                 **{c: result.column(k, c)[1].tolist() for c in cols}} for k in result.kernels}
+
+
+def cached(run_dir: str | Path, kind: str, key, compute):
+    """``compute()`` (JSON data) kept in ``run_dir/kind/`` under a hash of ``key`` (everything it depends on
+    besides the run itself), computed once: re-runs of a reproduction, and siblings sharing a run, read it back."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(run_dir) / kind / f"{digest}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)  # whole or absent
+    return value
 
 
 class Study:
@@ -219,11 +236,17 @@ class Study:
                 if seed == 0:
                     pictures[variant] = x
             if kernels:
-                rec["curves"] = curve_lists(self.curves(denoiser, kernels, seed))
+                rec["curves"] = self.cached_curves(denoiser, kernels, seed, rec["dir"])
             rows.append(rec)
         self.pictures = self.picture(pictures)
         (self.out / "runs.json").write_text(json.dumps(rows, indent=1))
         return rows
+
+    def cached_curves(self, denoiser, kernels, seed: int, run_dir, tag: str = "") -> dict:
+        """:func:`curve_lists` of ``denoiser``'s curves (``self.curves``), kept in its run folder ``run_dir`` (``tag``:
+        what was done to the run's model, e.g. a sampling-time scaling)."""
+        key = [tag, list(kernels), seed, self.scale.num, list(self.grid(denoiser.schedule.T)), self.scale.permutations]
+        return cached(run_dir, "curves", key, lambda: curve_lists(self.curves(denoiser, kernels, seed)))
 
     def describe(self, scored: bool = True) -> str:
         """The setup sentence every report starts with (``scored``: with the quality metric's)."""

@@ -1,5 +1,6 @@
 """``reduce``: which method lowers error propagation? Vanilla DDPM against Li & van der Schaar (2024)'s EPDM, the
-chain-started cumulative regularizer (:mod:`diffprop.losses.chain_mmd`), ADM-IP (Ning et al. 2023), FP-Diffusion in
+chain-started cumulative regularizer (:mod:`diffprop.losses.chain_mmd`), denoising at the chain's own states
+(:mod:`diffprop.losses.chain_denoise`), ADM-IP (Ning et al. 2023), FP-Diffusion in
 its fixed form (Lai et al. 2022), Consistent DM (Daras et al. 2023), and two training-free samplers on vanilla's
 models: epsilon scaling (Ning et al. 2024) and time shifting (Li et al. 2024), each with its one parameter tuned on
 draws of another seed (:mod:`diffprop.tune`).
@@ -40,6 +41,7 @@ MINUTES = {"tiny": 1.5, "small": 40}  # tiny measured; small estimated from per-
 TRAINED = {"vanilla": [],
            "epdm-paper": ['objective.regularizers=["epdm"]', "objective.lambda_nl=0.8", "epdm.preset=paper"],
            "chain-mmd": ['objective.regularizers=["chain_mmd"]'],
+           "chain-denoise": ['objective.regularizers=["chain_denoise"]'],
            "adm-ip": ['objective.regularizers=["input_perturbation"]', "objective.lambda_nl=0"],
            "fp-fixed": ['objective.regularizers=["fokker_planck"]', 'fokker_planck.form="fixed"'],
            "consistent-dm": ['objective.regularizers=["consistency"]']}
@@ -62,9 +64,11 @@ def _sampling_rows(study, rows: list[dict], kernels, grids: dict) -> list[dict]:
             opts = dict(base)
             if method == "time-shift" and not study.image:  # low-dimensional data: pooled variance (diffprop.tune)
                 opts.update(pooled_shift(study.dataset.x))
-            tuned = tune(den, tuple(study.dataset.data_shape), method, tune_quality=tune_q, eval_quality=tune_q,
-                         quality_name=metric, sampler="ddpm", grid=grids.get(method), num=study.scale.samples,
-                         tune_seed=1, eval_seed=2, options=opts, device=study.device)
+            tuned = common.cached(r["dir"], "tune", [method, grids.get(method), study.scale.samples, opts, metric],
+                                  lambda: tune(den, tuple(study.dataset.data_shape), method, tune_quality=tune_q,
+                                               eval_quality=tune_q, quality_name=metric, sampler="ddpm",
+                                               grid=grids.get(method), num=study.scale.samples, tune_seed=1,
+                                               eval_seed=2, options=opts, device=study.device))
             sampler, options = method_options(method, tuned["chosen"], "ddpm", opts)
             seed = r["seed"]
             x = sample(den, study.scale.samples, tuple(study.dataset.data_shape), sampler=sampler, seed=10_000 + seed,
@@ -75,7 +79,8 @@ def _sampling_rows(study, rows: list[dict], kernels, grids: dict) -> list[dict]:
             if method == "eps-scaling":  # the DDPM chain of the scaled model: its propagation curve
                 from ..eps_scaling import EpsScaled
 
-                row["curves"] = common.curve_lists(study.curves(EpsScaled(den, tuned["chosen"]), kernels, seed))
+                row["curves"] = study.cached_curves(EpsScaled(den, tuned["chosen"]), kernels, seed, r["dir"],
+                                                    tag=f"eps-scaling {tuned['chosen']}")
             out.append(row)
     return out
 

@@ -88,21 +88,22 @@ class ChainMMD:
     Logs: ``mmd`` (the raw MMD^2, mean over the kernel's scales), ``t``, ``w_t``, ``bandwidth`` (the mode scale) and
     ``refreshed`` (1 when this call started a new chain from ``x_T``).
     """
+    NAME = "chain_mmd"  # its config section, in messages
 
     def __init__(self, *, T: int, weight: float, L: int = 5, grad: str = "last", time_weights: str = "log_uniform",
                  scales: int = 4, particles: int | None = None, var_type: str = "beta"):
         for key, value, allowed in (("grad", grad, GRADS), ("time_weights", time_weights, TIME_WEIGHTS),
                                     ("var_type", var_type, VAR_TYPES)):
             if value not in allowed:
-                raise DiffpropError(f"chain_mmd: {key} = {value!r} is not allowed; allowed: {', '.join(allowed)}")
+                raise DiffpropError(f"{self.NAME}: {key} = {value!r} is not allowed; allowed: {', '.join(allowed)}")
         if T < 2:
-            raise DiffpropError(f"chain_mmd needs diffusion.T >= 2 (it compares states at t in 1..T-1), got {T}")
+            raise DiffpropError(f"{self.NAME} needs diffusion.T >= 2 (it compares states at t in 1..T-1), got {T}")
         if not 1 <= L < T:
-            raise DiffpropError(f"chain_mmd: L must be in 1..T-1 = 1..{T - 1}, got {L}")
+            raise DiffpropError(f"{self.NAME}: L must be in 1..T-1 = 1..{T - 1}, got {L}")
         if scales < 1:
-            raise DiffpropError(f"chain_mmd: scales must be >= 1, got {scales}")
+            raise DiffpropError(f"{self.NAME}: scales must be >= 1, got {scales}")
         if particles is not None and particles < 2:
-            raise DiffpropError(f"chain_mmd: particles must be >= 2 (an MMD compares sets), got {particles}")
+            raise DiffpropError(f"{self.NAME}: particles must be >= 2 (an MMD compares sets), got {particles}")
         self.T, self.weight, self.L, self.grad, self.scales = T, float(weight), int(L), grad, int(scales)
         self.time_weights, self.particles, self.var_type = time_weights, particles, var_type
         self.w = importance_weights(time_weights, T, self.L)
@@ -132,7 +133,7 @@ class ChainMMD:
         if x is None or s is None or s.shape != (1,) or not 1 <= int(s) <= self.T or x.ndim < 2 \
                 or not x.is_floating_point() or (self.particles is not None and len(x) != self.particles):
             shape = None if x is None else tuple(x.shape)
-            raise DiffpropError(f"chain_mmd: the checkpoint's buffer does not fit this run (x {shape}, s "
+            raise DiffpropError(f"{self.NAME}: the checkpoint's buffer does not fit this run (x {shape}, s "
                                 f"{None if s is None else s.tolist()}; T = {self.T}, particles = {self.particles})")
         self.x, self.s = x.to(device) if device is not None else x, int(s)
 
@@ -140,19 +141,23 @@ class ChainMMD:
         self.x = torch.randn((n, *like.shape[1:]), generator=generator, device=like.device, dtype=like.dtype)
         self.s = self.T  # x_T ~ N(0, I): the prior of the VP chain
 
-    def __call__(self, denoiser, x0: torch.Tensor, generator: torch.Generator) -> Term:
+    def advance(self, denoiser, x0: torch.Tensor, generator: torch.Generator,
+                grad: bool = True) -> tuple[torch.Tensor, int, bool]:
+        """Advance the buffer's chain one stride with the current model (the steps that carry gradients: the last
+        with ``grad = "last"``, all with ``"all"``, none with ``grad=False``); returns ``(x~_t, t, refreshed)``, the
+        buffer keeping ``x~_t`` detached."""
         sched = denoiser.schedule
         if sched is None or sched.T != self.T:
-            raise DiffpropError(f"chain_mmd was built for the discrete chain with T = {self.T}; the denoiser's is "
+            raise DiffpropError(f"{self.NAME} was built for the discrete chain with T = {self.T}; the denoiser's is "
                                 f"{'continuous' if sched is None else f'T = {sched.T}'}")
         if len(x0) < 2:
-            raise DiffpropError(f"chain_mmd needs at least 2 examples per batch, got {len(x0)}")
+            raise DiffpropError(f"{self.NAME} needs at least 2 examples per batch, got {len(x0)}")
         n = self.particles or max(2, len(x0) // 4)
         refreshed = self.x is None or self.s <= 1
         if refreshed:
             self._refresh(x0, n, generator)
         elif self.x.shape[1:] != x0.shape[1:]:
-            raise DiffpropError(f"chain_mmd: the buffer holds states of shape {tuple(self.x.shape[1:])}, the data "
+            raise DiffpropError(f"{self.NAME}: the buffer holds states of shape {tuple(self.x.shape[1:])}, the data "
                                 f"{tuple(x0.shape[1:])}")
         gdev = generator.device
         stride = int(torch.randint(1, self.L + 1, (), generator=generator, device=gdev)) if refreshed else self.L
@@ -160,12 +165,16 @@ class ChainMMD:
         t = max(s - stride, 1)
         x = self.x.to(x0.device, x0.dtype)
         for u in range(s, t, -1):  # x~_u -> x~_{u-1}, the sampling chain (000 Eq. 2, 4)
-            frozen = self.grad == "last" and u > t + 1
+            frozen = not grad or (self.grad == "last" and u > t + 1)
             with torch.no_grad() if frozen else contextlib.nullcontext():
                 x = ddpm_step(denoiser, x, u, u - 1, generator, self.var_type)
         self.x, self.s = x.detach(), t
+        return x, t, refreshed
+
+    def __call__(self, denoiser, x0: torch.Tensor, generator: torch.Generator) -> Term:
+        x, t, refreshed = self.advance(denoiser, x0, generator)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x_forw = q_sample(sched, x0, t, eps).to(x.dtype).flatten(1)  # x_t^forw, 000 Eq. 1
+        x_forw = q_sample(denoiser.schedule, x0, t, eps).to(x.dtype).flatten(1)  # x_t^forw, 000 Eq. 1
         x = x.flatten(1)
         if not bool(torch.isfinite(x).all()):  # a diverged chain: a NaN value, which the trainer reports
             d, hs = torch.full((), math.nan, dtype=torch.float64, device=x.device), [math.nan]

@@ -27,13 +27,15 @@ REGISTRY = {"epdm": ("diffprop.losses.epdm", "EPDM"),
             "consistency": ("diffprop.losses.consistency", "Consistency"),
             "input_perturbation": ("diffprop.losses.input_perturbation", "InputPerturbation"),
             "fokker_planck": ("diffprop.losses.fokker_planck", "FokkerPlanck"),
-            "chain_mmd": ("diffprop.losses.chain_mmd", "ChainMMD")}
+            "chain_mmd": ("diffprop.losses.chain_mmd", "ChainMMD"),
+            "chain_denoise": ("diffprop.losses.chain_denoise", "ChainDenoise")}
 # regularizers defined on the discrete chain only, and why (refused with a continuous-time diffusion.process)
 DISCRETE_ONLY = {"epdm": "its bootstrapped chain of L ancestral steps and its time weights w_t are over integer "
                          "timesteps",
                  "consistency": "its reverse trajectories are DDPM sub-chains between integer timesteps",
                  "fokker_planck": "its d/dt of the score is a stencil over integer timesteps",
-                 "chain_mmd": "its buffer follows the DDPM chain over integer timesteps"}
+                 "chain_mmd": "its buffer follows the DDPM chain over integer timesteps",
+                 "chain_denoise": "its buffer follows the DDPM chain over integer timesteps"}
 
 
 class Term(NamedTuple):
