@@ -6,7 +6,8 @@ import json
 import pytest
 
 from diffprop.cli import main
-from diffprop.experiments.reduce import SAMPLING, TRAINED, verdict
+from diffprop.errors import DiffpropError
+from diffprop.experiments.reduce import SAMPLING, TRAINED, chosen, paired, verdict
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +46,24 @@ def test_verdict_needs_quality_and_cumulative_error_at_equal_steps_and_no_loss_a
     text, best = verdict({m: steps[m][2:], c: steps[c][2:]}, {m: []}, m, c, seeds=3)
     assert best is None and text.startswith("no: no method meets the goal at p < 0.01; c: kl better than")
     assert verdict(steps, clock, m, c, seeds=1)[0].startswith("undecided")
+
+
+def test_methods_choose_a_subset_with_vanilla_and_bad_names_are_refused(tmp_path, capsys):
+    trained, sampling = chosen("chain-denoise, time-shift")
+    assert list(trained) == ["vanilla", "chain-denoise"] and list(sampling) == ["time-shift"]
+    assert chosen(None) == (TRAINED, SAMPLING)
+    with pytest.raises(DiffpropError, match="reduce --methods: nope is not a method; allowed: vanilla, epdm-paper"):
+        chosen("vanilla,nope")
+    code = main(["reproduce", "epdm-quick", "--scale", "tiny", "--methods", "chain-mmd", "--out",
+                 str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == "diffprop: error: epdm-quick does not take --methods (only reduce compares " \
+                                        "chosen methods)", err
+
+
+def test_paired_differences_by_seed():
+    rows = [{"variant": v, "seed": s, "kl": base + d}
+            for s, base in enumerate((1.0, 2.0, 3.0)) for v, d in (("vanilla", 0.0), ("a", -0.1 - 0.01 * s))]
+    text = paired(rows, ["kl"])
+    # the seeds' spread (1..3) hides the effect from Welch; the pairing sees a consistent -0.11
+    assert text.startswith("- a - vanilla, kl: -0.11 (per seed -0.1, -0.11, -0.12), paired t-test p = 0.00")

@@ -559,6 +559,10 @@ def cmd_reproduce(args) -> None:
             why = "it trains its runs one after another" if refused == ["--jobs"] else \
                 "it has its own fixed data and scale"
             raise DiffpropError(f"{args.name} does not take {', '.join(refused)} ({why})")
+    if args.methods is not None:
+        if "methods" not in takes:
+            raise DiffpropError(f"{args.name} does not take --methods (only reduce compares chosen methods)")
+        options["methods"] = args.methods
     folder = f"{args.name}-{args.scale}" + (f"-{args.data.split(':')[0]}" if args.data else "")
     report = exp.run(_writable_out(Path(args.out or Path("runs") / "reproduce" / folder), folder=True), args.scale,
                      args.seeds,
@@ -824,6 +828,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--jobs", type=_positive(int, 64), default=1, help="train the reproduction's independent runs in "
                    "this many processes at once, each with its share of the CPU threads (default 1); the weights "
                    "do not depend on it, the training times they record do")
+    r.add_argument("--methods", help="reduce only: the methods to compare with vanilla, comma-separated (default: "
+                   "all; `reproduce --list` names them), e.g. to add seeds to the promising ones")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_reproduce)
 

@@ -18,6 +18,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+from scipy import stats
+
+from ..errors import DiffpropError
 from ..runs import load_run
 from ..samplers import sample
 from ..tune import method_options, mixture_kl, pooled_shift, tune
@@ -37,7 +41,7 @@ SCALES = {"tiny": replace(BASES["tiny"], steps=60, samples=256, num=128,
           "small": replace(BASES["small"], steps=1000, grid=(1, 3, 10, 30, 100, 300, 1000),
                            train=("train.batch_size=512", "train.lr=1e-3", "train.lr_schedule=cosine",
                                   "train.warmup_steps=0"))}
-MINUTES = {"tiny": 1.5, "small": 40}  # tiny measured; small estimated from per-step costs (bench regularizers)
+MINUTES = {"tiny": 1.5, "small": 45}  # tiny measured; small: measured over two invocations (docs/results.md)
 TRAINED = {"vanilla": [],
            "epdm-paper": ['objective.regularizers=["epdm"]', "objective.lambda_nl=0.8", "epdm.preset=paper"],
            "chain-mmd": ['objective.regularizers=["chain_mmd"]'],
@@ -51,7 +55,21 @@ GRIDS = {"tiny": {"eps-scaling": (1.0, 1.01), "time-shift": (0, 4)}, "small": {}
 ALPHA = 0.01
 
 
-def _sampling_rows(study, rows: list[dict], kernels, grids: dict) -> list[dict]:
+def chosen(methods: str | None) -> tuple[dict, dict]:
+    """``(trained, sampling)``: the subsets of :data:`TRAINED` and :data:`SAMPLING` named in ``methods``
+    (comma-separated; None: all), vanilla always among them."""
+    if methods is None:
+        return dict(TRAINED), dict(SAMPLING)
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in TRAINED and m not in SAMPLING]
+    if unknown or not names:
+        raise DiffpropError(f"reduce --methods: {', '.join(unknown) or 'none given'} is not a method; allowed: "
+                            f"{', '.join([*TRAINED, *SAMPLING])}")
+    return ({k: v for k, v in TRAINED.items() if k == "vanilla" or k in names},
+            {k: v for k, v in SAMPLING.items() if k in names})
+
+
+def _sampling_rows(study, rows: list[dict], kernels, grids: dict, sampling: dict) -> list[dict]:
     """Epsilon scaling and time shifting on each seed's vanilla model: the value tuned on seed 1's samples, then
     scored on the samples vanilla is scored on (seed 10000 + s)."""
     mixture, out = study.dataset.mixture, []
@@ -60,7 +78,7 @@ def _sampling_rows(study, rows: list[dict], kernels, grids: dict) -> list[dict]:
     for r in (r for r in rows if r["variant"] == "vanilla"):
         den = load_run(r["dir"]).denoiser.to(study.device)
         base = {"var_type": den.var_type, **({"clip_x0": 1.0} if study.image else {})}
-        for method, name in SAMPLING.items():
+        for method, name in sampling.items():
             opts = dict(base)
             if method == "time-shift" and not study.image:  # low-dimensional data: pooled variance (diffprop.tune)
                 opts.update(pooled_shift(study.dataset.x))
@@ -91,6 +109,25 @@ def _tests(rows: list[dict], cols, metrics) -> dict[str, list[dict]]:
             for m in metrics}
 
 
+def paired(rows: list[dict], metrics) -> str:
+    """Each trained method against vanilla by seed (both fine-tune the same base): the mean difference and the
+    paired t-test's p on each of ``metrics``, as report lines; beside the Welch tests, which ignore the pairing."""
+    by = {(r["variant"], r["seed"]): r for r in rows}
+    lines = []
+    for v in dict.fromkeys(r["variant"] for r in rows):
+        seeds = sorted(s for (w, s) in by if w == v and ("vanilla", s) in by)
+        if v == "vanilla" or len(seeds) < 2:
+            continue
+        for m in metrics:
+            a = np.array([by[v, s][m] for s in seeds], dtype=float)
+            b = np.array([by["vanilla", s][m] for s in seeds], dtype=float)
+            if np.isfinite(a - b).all():
+                lines.append(f"- {v} - vanilla, {m}: {np.mean(a - b):+.4g} (per seed "
+                             + ", ".join(f"{d:+.3g}" for d in a - b) + f"), paired t-test p = "
+                             f"{stats.ttest_rel(a, b).pvalue:.3g}\n")
+    return "".join(lines)
+
+
 def verdict(steps_tests: dict, time_tests: dict, metric: str, t1: str, seeds: int) -> tuple[str, str | None]:
     """(the verdict sentence, the best method or None): a method passes when both its quality metric and its
     cumulative error at t = 1 are significantly lower than vanilla's at equal steps and its quality is not
@@ -111,7 +148,9 @@ def verdict(steps_tests: dict, time_tests: dict, metric: str, t1: str, seeds: in
     return f"no: no method meets the goal at p < {ALPHA}; {lines}.", None
 
 
-def run(out: Path, scale: str = "small", seeds: int | None = None, progress: bool = True, **options) -> Path:
+def run(out: Path, scale: str = "small", seeds: int | None = None, progress: bool = True, methods: str | None = None,
+        **options) -> Path:
+    trained, sampling = chosen(methods)
     out = Path(out)
     base = common.Study("reduce", out / "base", scale, BASES[scale], seeds, progress, **options)
     base.train_all({"vanilla": []})
@@ -120,15 +159,15 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     h = mode_bandwidth(steps)  # None off Gaussian mixtures: the median bandwidth only
     kernels = ("rbf",) if h is None else ("rbf", f"rbf@{h:g}")
     t1 = f"cumulative_t1[{kernels[-1]}]"
-    rows = [{**r, "budget": "steps"} for r in steps.train_and_score(TRAINED, kernels=kernels)]
-    rows += _sampling_rows(steps, rows, kernels, GRIDS[scale])
+    rows = [{**r, "budget": "steps"} for r in steps.train_and_score(trained, kernels=kernels)]
+    rows += _sampling_rows(steps, rows, kernels, GRIDS[scale], sampling)
     # vanilla's wall clock for the scale's steps, from the side-by-side timing (one run at a time, all threads), not
     # from its training record, which --jobs measures with the CPU shared
-    ms = steps.time_per_step(TRAINED, *TIMING[scale])
+    ms = steps.time_per_step(trained, *TIMING[scale])
     budget = ms["vanilla"] * steps.scale.steps / 1e3
     clock = common.Study("reduce", out / "equal-time", scale, replace(SCALES[scale], time_budget=max(budget, 1.0)),
                          seeds, progress, init_from=bases, **{k: v for k, v in options.items() if k != "jobs"})
-    timed = [{**r, "budget": "wall clock"} for r in clock.train_and_score(TRAINED, kernels=kernels)]
+    timed = [{**r, "budget": "wall clock"} for r in clock.train_and_score(trained, kernels=kernels)]
     for r in rows + timed:
         r.update({f"cumulative_t1[{k}]": r["curves"][k]["cumulative"][0] if "curves" in r else float("nan")
                   for k in kernels})
@@ -146,6 +185,8 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
                           title="cumulative error along the DDPM chain, equal steps")
     measured = (table + "\n### Cost per training step (side by side)\n\n" + cost + "\n"
                 + "".join(describe_tests(ts, m) for m, ts in steps_tests.items())
+                + "Paired by seed (every method fine-tunes the same base of its seed):\n"
+                + paired([r for r in rows if r["variant"] in trained], (steps.metric, t1))
                 + "At equal wall clock:\n" + describe_tests(time_tests[steps.metric], steps.metric)
                 + "\nEpsilon scaling's lambda and time shifting's window were tuned on samples of seed 1 (chosen: "
                 + ", ".join(f"{r['variant']} seed {r['seed']}: {r['chosen']:g}" for r in rows if "chosen" in r)
