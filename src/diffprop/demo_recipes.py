@@ -23,15 +23,15 @@ RECIPES = {
     # T = 1000, not fewer: with sigma_t^2 = beta_t even the exact oracle's chain is off by ~0.1 nats near t = 1 at
     # T = 100 (its steps are 10x larger), and the demo would show no floor to compare with
     "quick": Recipe("gmm-ring", 1000, {"width": 128, "depth": 3},
-                    {"steps": 2000, "batch_size": 512, "lr": 5e-3, "lr_schedule": "cosine"},
+                    {"steps": 1500, "batch_size": 512, "lr": 5e-3, "lr_schedule": "cosine"},
                     {"steps": 300, "batch_size": 512, "lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 0},
-                    1000, dict(num=1000, grid=[1, 2, 3, 5, 10, 30, 100, 300, 1000], kernels=KERNELS),
-                    1.7, (0.22, 0.04, 0.12, 0.07, 0.10, 0.45)),
+                    1000, dict(num=1000, grid=[1, 2, 3, 5, 10, 30, 100, 1000], kernels=KERNELS),
+                    1.9, (0.15, 0.03, 0.12, 0.06, 0.09, 0.52)),
     "default": Recipe("gmm-grid", 1000, {"width": 128, "depth": 3},
                       {"steps": 12000, "batch_size": 512, "lr": 3e-3, "lr_schedule": "cosine"},
                       {"steps": 1000, "batch_size": 512, "lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 0},
                       2000, dict(num=1000, grid=[1, 2, 3, 5, 10, 30, 100, 300, 1000], kernels=KERNELS),
-                      5.5, (0.40, 0.04, 0.15, 0.08, 0.08, 0.25)),  # docs/results.md: how this was measured
+                      6.4, (0.40, 0.04, 0.15, 0.08, 0.08, 0.25)),  # docs/results.md: how this was estimated
     "full": Recipe("gmm-grid", 1000, {},
                    {"steps": 12000, "batch_size": 512, "lr": 1e-3, "lr_schedule": "cosine", "checkpoint_every": 2000},
                    None, 2000, dict(num=1000, grid=[1, 3, 10, 30, 100, 200, 400, 700, 1000], kernels=KERNELS),
