@@ -22,3 +22,17 @@ TINY = ["model.width=32", "model.depth=2", "model.time_dim=16", "data.num_sample
 @pytest.fixture
 def tiny_overrides():
     return list(TINY)
+
+
+def train_error(tmp_path, capsys, overrides: list[str]) -> str:
+    """``diffprop train`` on an empty config with ``overrides``, which must fail: its stderr, checked to be one line
+    without a traceback."""
+    from diffprop.cli import main
+
+    (tmp_path / "c.toml").write_text("")
+    argv = ["train", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run"), "--quiet",
+            *[a for s in overrides for a in ("--set", s)]]
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err

@@ -13,6 +13,8 @@ from diffprop.mixtures import grid_mixture
 from diffprop.oracle import OracleDenoiser
 from diffprop.schedules import NoiseSchedule
 
+from .conftest import train_error
+
 MIX = grid_mixture()
 T, N = 100, 256
 SCHED = NoiseSchedule.from_config("linear", T)
@@ -88,12 +90,8 @@ def test_trains_with_its_gradient_logged(tmp_path):
     (['diffusion.process="vp-sde"'], "chain_denoise"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, sets, message):
-    (tmp_path / "c.toml").write_text("")
-    argv = ["train", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run"), "--quiet",
-            *[a for s in TRAIN + sets for a in ("--set", s)]]
-    assert main(argv) != 0
-    err = capsys.readouterr().err.strip()
-    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+    err = train_error(tmp_path, capsys, TRAIN + sets)
+    assert message in err, err
 
 
 def test_from_config_reads_its_section():
