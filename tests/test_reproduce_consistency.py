@@ -1,6 +1,8 @@
 """``reproduce consistency`` at tiny scale: every row (CD and CT at 1, 2, 4 steps, the oracle teacher's DDIM and Heun
 at the same NFE), the figure and the report; the verdict and the NFE bookkeeping in closed form."""
 import csv
+import math
+from pathlib import Path
 
 from diffprop.experiments import consistency as exp
 
@@ -39,3 +41,41 @@ def test_tiny_run_writes_every_row(tmp_path):
     text = report.read_text()
     assert "samples.png" in text and (tmp_path / "cm" / "samples.png").stat().st_size > 10_000
     assert "**Reproduces?**" in text and "Song et al. (2023)" in text
+
+
+def test_verdict_fd_compares_with_the_teachers_ddim_and_multistep():
+    row = lambda m, s, k, fd, nfe=None: {"model": m, "sampler": s, "steps": k, "nfe": nfe or k, "fd": fd}  # noqa: E731
+    table = [row("cd", "consistency", 1, 30.0), row("cd", "consistency", 2, 12.0), row("teacher", "ddim", 1, 300.0),
+             row("teacher", "ddim", 2, 200.0), row("teacher", "heun", 25, 10.0, 49)]
+    assert exp.verdict_fd(table).startswith("yes")  # beats DDIM at 1 and 2 NFE, 12 <= 1.25 x 10
+    table[1]["fd"] = 13.0
+    assert exp.verdict_fd(table).startswith("partly") and "not within 1.25x" in exp.verdict_fd(table)
+    table[0]["fd"] = table[1]["fd"] = 400.0
+    assert exp.verdict_fd(table).startswith("no")
+    assert exp.verdict_fd(table[:4]).startswith("undecided")
+
+
+def test_digits_shares_reduce_s_ddpm():
+    from diffprop.experiments import common, reduce
+
+    assert exp.DIGITS["small"][0] is common.DIGITS_DDPM is reduce.scales("small", "digits")[0]
+    assert reduce.scales("small", None)[0] is reduce.BASES["small"]
+
+
+def test_tiny_digits_distils_the_trained_teacher(tmp_path):
+    from diffprop.config import load_config
+
+    report = exp.run(tmp_path / "cm", "tiny", progress=False, data="digits")
+    with open(tmp_path / "cm" / "table.csv") as f:
+        rows = list(csv.DictReader(f))
+    got = {(r["model"], r["sampler"], r["steps"]): r for r in rows}
+    assert {(m, "consistency", str(k)) for m in ("cd", "ct") for k in (1, 2, 4)} <= set(got)
+    assert {("teacher", "ddim", "1"), ("teacher", "heun", "2"), ("teacher", "heun", "25")} <= set(got)
+    assert all(math.isfinite(float(r["fd"])) for r in rows)
+    # the teacher is a trained DDPM: 49 NFE of Heun beat one DDIM step from pure noise by far
+    assert float(got["teacher", "heun", "25"]["fd"]) < 0.5 * float(got["teacher", "ddim", "1"]["fd"])
+    cd = load_config(tmp_path / "cm" / "runs" / "cd-seed0" / "config.toml")
+    assert Path(cd.cm.teacher) == tmp_path / "cm" / "runs" / "teacher-seed0" and cd.diffusion.sigma_data == 0.5
+    text = report.read_text()
+    assert "`digits`" in text and "samples-teacher-heun-25.png" in text
+    assert (tmp_path / "cm" / "samples-cd-consistency-2.png").stat().st_size > 1000

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -63,6 +63,15 @@ SCALES = {
                           "train.mixed_precision=auto", "train.checkpoint_every=10000", "train.log_every=100"),
                    mlp=("model.width=256", "model.depth=4"), unet="ddpm-cifar10", gpu=True),
 }
+
+# The digits DDPM of `small` in the reproductions that need a trained digits model first (reduce's vanilla base,
+# consistency's teacher; one config, so a sibling reproduction reuses the other's runs). A tiny U-Net step costs ~10x
+# an MLP step on this CPU and a chain step 15x, so the chain is short (T = 100) and the budget a few minutes per seed;
+# 500 samples per model (fd's floor at 500 real digits: 2.2-3.1)
+DIGITS_DDPM = replace(SCALES["small"], data="digits", T=100, steps=2000, samples=500, num=500,
+                      grid=(1, 2, 5, 10, 20, 50, 100), permutations=50,
+                      train=("train.batch_size=128", "train.lr=1e-3", "train.lr_schedule=cosine",
+                             "train.warmup_steps=100"))
 
 
 def config_for(s: Scale, data: str, image: bool, extra: list[str], seed: int) -> Config:

@@ -41,6 +41,10 @@ SCALES = {"tiny": replace(BASES["tiny"], steps=60, samples=256, num=128,
           "small": replace(BASES["small"], steps=1000, grid=(1, 3, 10, 30, 100, 300, 1000),
                            train=("train.batch_size=512", "train.lr=1e-3", "train.lr_schedule=cosine",
                                   "train.warmup_steps=0"))}
+# digits at `small` (--data digits): the digits DDPM of common.DIGITS_DDPM as the base, short fine-tunes whose EMA
+# follows them faster (0.99)
+DIGITS = replace(common.DIGITS_DDPM, steps=200, train=("train.batch_size=128", "train.lr=3e-4", "train.warmup_steps=0",
+                                                     "train.lr_schedule=cosine", "train.ema_decay=0.99"))
 MINUTES = {"tiny": 1.5, "small": 45}  # tiny measured; small: measured over two invocations (docs/results.md)
 TRAINED = {"vanilla": [],
            "epdm-paper": ['objective.regularizers=["epdm"]', "objective.lambda_nl=0.8", "epdm.preset=paper"],
@@ -52,6 +56,7 @@ TRAINED = {"vanilla": [],
 SAMPLING = {"eps-scaling": "vanilla + epsilon scaling", "time-shift": "vanilla + time shift"}
 TIMING = {"tiny": (1, 3), "small": (3, 20)}  # rounds x steps of the side-by-side cost per step
 GRIDS = {"tiny": {"eps-scaling": (1.0, 1.01), "time-shift": (0, 4)}, "small": {}}  # {}: diffprop.tune's own grids
+DIGITS_GRIDS = {"eps-scaling": (0.9, 0.95, 0.98, 1.0, 1.02, 1.05, 1.1), "time-shift": (0, 2, 8, 32)}
 ALPHA = 0.01
 
 
@@ -67,6 +72,14 @@ def chosen(methods: str | None) -> tuple[dict, dict]:
                             f"{', '.join([*TRAINED, *SAMPLING])}")
     return ({k: v for k, v in TRAINED.items() if k == "vanilla" or k in names},
             {k: v for k, v in SAMPLING.items() if k in names})
+
+
+def scales(scale: str, data: str | None) -> tuple[common.Scale, common.Scale, dict]:
+    """``(base, fine-tune, tuning grids)`` of ``scale`` on ``data`` (None: gmm-grid): :data:`DIGITS` for digits at
+    ``small``, else :data:`BASES` and :data:`SCALES` with the data replaced."""
+    if data == "digits" and scale == "small":
+        return common.DIGITS_DDPM, DIGITS, DIGITS_GRIDS
+    return BASES[scale], SCALES[scale], GRIDS[scale]
 
 
 def _sampling_rows(study, rows: list[dict], kernels, grids: dict, sampling: dict) -> list[dict]:
@@ -152,20 +165,21 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
         **options) -> Path:
     trained, sampling = chosen(methods)
     out = Path(out)
-    base = common.Study("reduce", out / "base", scale, BASES[scale], seeds, progress, **options)
+    base_scale, fine_scale, grids = scales(scale, options.get("data"))
+    base = common.Study("reduce", out / "base", scale, base_scale, seeds, progress, **options)
     base.train_all({"vanilla": []})
     bases = {s: base.train("vanilla", [], s)["dir"] for s in range(base.seeds)}
-    steps = common.Study("reduce", out, scale, SCALES[scale], seeds, progress, init_from=bases, **options)
+    steps = common.Study("reduce", out, scale, fine_scale, seeds, progress, init_from=bases, **options)
     h = mode_bandwidth(steps)  # None off Gaussian mixtures: the median bandwidth only
     kernels = ("rbf",) if h is None else ("rbf", f"rbf@{h:g}")
     t1 = f"cumulative_t1[{kernels[-1]}]"
     rows = [{**r, "budget": "steps"} for r in steps.train_and_score(trained, kernels=kernels)]
-    rows += _sampling_rows(steps, rows, kernels, GRIDS[scale], sampling)
+    rows += _sampling_rows(steps, rows, kernels, grids, sampling)
     # vanilla's wall clock for the scale's steps, from the side-by-side timing (one run at a time, all threads), not
     # from its training record, which --jobs measures with the CPU shared
     ms = steps.time_per_step(trained, *TIMING[scale])
     budget = ms["vanilla"] * steps.scale.steps / 1e3
-    clock = common.Study("reduce", out / "equal-time", scale, replace(SCALES[scale], time_budget=max(budget, 1.0)),
+    clock = common.Study("reduce", out / "equal-time", scale, replace(fine_scale, time_budget=max(budget, 1.0)),
                          seeds, progress, init_from=bases, **{k: v for k, v in options.items() if k != "jobs"})
     timed = [{**r, "budget": "wall clock"} for r in clock.train_and_score(trained, kernels=kernels)]
     for r in rows + timed:
