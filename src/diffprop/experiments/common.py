@@ -192,16 +192,18 @@ class Study:
         return {"variant": variant, "seed": seed, **train_or_reuse(cfg, run_dir, progress=self.progress,
                                                                    init_from=init)}
 
-    def train_all(self, variants: dict[str, list[str]]) -> None:
+    def train_all(self, variants) -> None:
         """Every variant x seed trained (or reused) before they are scored, ``jobs`` runs at a time in separate
-        processes (with ``jobs = 1`` nothing: :meth:`train` trains each when it is needed)."""
+        processes (with ``jobs = 1`` nothing: :meth:`train` trains each when it is needed). ``variants``: ``{name:
+        overrides}``, or a function of the seed returning it (overrides that name a per-seed run, e.g. a teacher)."""
         if self.jobs == 1:
             return
         if self.scale.time_budget:
             raise DiffpropError(f"{self.name} trains each run for {self.scale.time_budget:g} s of wall clock, which "
                                 f"runs in parallel would share: run it with --jobs 1")
+        of = variants if callable(variants) else lambda seed: variants
         todo = [(self.config(extra, seed), self.run_dir(variant, seed), self.init_from.get(seed))
-                for seed in range(self.seeds) for variant, extra in variants.items()]
+                for seed in range(self.seeds) for variant, extra in of(seed).items()]
         todo = [(cfg, d, i) for cfg, d, i in todo
                 if not finished(d, cfg, i) and self.finished_elsewhere(cfg, i) is None]
         train_all(todo, self.jobs, self.progress, desc=f"{self.name}: training")

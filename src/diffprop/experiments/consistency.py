@@ -179,8 +179,7 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     student = SCALES[scale] if ddpm is None else DIGITS[scale][1]
     study = common.Study("consistency", out, scale, student, seeds, progress, **options)
     cols = columns(study)
-    if ddpm is None:
-        study.train_all(VARIANTS)
+    study.train_all(lambda seed: variants(ddpm and ddpm[seed]))
     rows, pictures, records = [], {}, []
     todo = [(v, s) for s in range(study.seeds) for v in VARIANTS]
     for variant, seed in tqdm(todo, desc="consistency: runs", unit="run", disable=not progress):
