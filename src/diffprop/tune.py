@@ -22,7 +22,7 @@ from .errors import DiffpropError
 from .samplers import sample
 
 METHODS = ("eps-scaling", "time-shift")
-GRIDS = {"eps-scaling": (0.9, 0.95, 0.98, 0.99, 0.995, 1.0, 1.005, 1.01, 1.02, 1.05, 1.1),
+GRIDS = {"eps-scaling": (0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995, 1.0, 1.005, 1.01, 1.02, 1.05, 1.1),
          "time-shift": (0, 2, 4, 8, 16, 32, 64, 128, 256)}
 NEUTRAL = {"eps-scaling": 1.0, "time-shift": 0}  # the plain sampler
 BASES = ("ddpm", "ddim")  # the samplers time shifting applies to

@@ -24,7 +24,7 @@ from scipy import stats
 from ..errors import DiffpropError
 from ..runs import load_run
 from ..samplers import sample
-from ..tune import method_options, mixture_kl, pooled_shift, tune
+from ..tune import GRIDS as TUNE_GRIDS, method_options, mixture_kl, pooled_shift, tune
 from . import common
 from .curves import mode_bandwidth, plot_curves, reference_curve
 from .tables import by_variant, compare, describe_tests, standing, write_report, write_table
@@ -95,10 +95,11 @@ def _sampling_rows(study, rows: list[dict], kernels, grids: dict, sampling: dict
             opts = dict(base)
             if method == "time-shift" and not study.image:  # low-dimensional data: pooled variance (diffprop.tune)
                 opts.update(pooled_shift(study.dataset.x))
-            tuned = common.cached(r["dir"], "tune", [method, grids.get(method), study.scale.samples, opts, metric],
+            grid = grids.get(method, TUNE_GRIDS[method])  # the grid itself in the key: a wider default re-tunes
+            tuned = common.cached(r["dir"], "tune", [method, list(grid), study.scale.samples, opts, metric],
                                   lambda: tune(den, tuple(study.dataset.data_shape), method, tune_quality=tune_q,
                                                eval_quality=tune_q, quality_name=metric, sampler="ddpm",
-                                               grid=grids.get(method), num=study.scale.samples, tune_seed=1,
+                                               grid=grid, num=study.scale.samples, tune_seed=1,
                                                eval_seed=2, options=opts, device=study.device))
             sampler, options = method_options(method, tuned["chosen"], "ddpm", opts)
             seed = r["seed"]
