@@ -1,9 +1,13 @@
 """``reproduce consistency`` at tiny scale: every row (CD and CT at 1, 2, 4 steps, the oracle teacher's DDIM and Heun
-at the same NFE), the figure and the report; the verdict and the NFE bookkeeping in closed form."""
+at the same NFE), the figure and the report, on gmm-grid and on digits (a trained DDPM as teacher); the verdicts and
+the NFE bookkeeping in closed form."""
 import csv
 import math
 from pathlib import Path
 
+import pytest
+
+from diffprop.errors import DiffpropError
 from diffprop.experiments import consistency as exp
 
 
@@ -79,3 +83,9 @@ def test_tiny_digits_distils_the_trained_teacher(tmp_path):
     text = report.read_text()
     assert "`digits`" in text and "samples-teacher-heun-25.png" in text
     assert (tmp_path / "cm" / "samples-cd-consistency-2.png").stat().st_size > 1000
+
+
+def test_data_without_a_teacher_is_refused_before_training(tmp_path):
+    with pytest.raises(DiffpropError, match="swiss-roll is neither"):
+        exp.run(tmp_path / "x", "tiny", progress=False, data="swiss-roll")
+    assert not (tmp_path / "x").exists()

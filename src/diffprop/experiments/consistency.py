@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import DiffpropError
 from ..oracle import OracleDenoiser
 from ..plots import _save, plt
 from ..runs import load_run
@@ -178,6 +179,9 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     ddpm = teachers(Path(out), scale, seeds, progress, **options)
     student = SCALES[scale] if ddpm is None else DIGITS[scale][1]
     study = common.Study("consistency", out, scale, student, seeds, progress, **options)
+    if ddpm is None and study.dataset.mixture is None:
+        raise DiffpropError(f"consistency distils the exact oracle of a Gaussian mixture or, on digits, a DDPM it "
+                            f"trains first; {study.data_name} is neither")
     cols = columns(study)
     study.train_all(lambda seed: variants(ddpm and ddpm[seed]))
     rows, pictures, records = [], {}, []
