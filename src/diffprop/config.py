@@ -258,6 +258,9 @@ class ChainDenoiseConfig:
                                min=2)
     reference: int = _f(4096, "fresh training examples per step whose empirical posterior mean E[x_0 | x_t] is the "
                         "target", min=1, max=10**6)
+    min_ess: float = _f(1.0, "drop the chain states whose target averages fewer training examples than this "
+                        "(effective sample size of the posterior weights; 1 keeps all; on images, where the target "
+                        "otherwise memorises at small t, e.g. 4)", min=1.0)
 
 
 @dataclass

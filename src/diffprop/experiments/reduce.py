@@ -50,6 +50,8 @@ TRAINED = {"vanilla": [],
            "epdm-paper": ['objective.regularizers=["epdm"]', "objective.lambda_nl=0.8", "epdm.preset=paper"],
            "chain-mmd": ['objective.regularizers=["chain_mmd"]'],
            "chain-denoise": ['objective.regularizers=["chain_denoise"]'],
+           # only where the empirical target averages >= 4 examples (on digits it memorises at t <~ 20 otherwise)
+           "chain-denoise-ess": ['objective.regularizers=["chain_denoise"]', "chain_denoise.min_ess=4"],
            "adm-ip": ['objective.regularizers=["input_perturbation"]', "objective.lambda_nl=0"],
            "fp-fixed": ['objective.regularizers=["fokker_planck"]', 'fokker_planck.form="fixed"'],
            "consistent-dm": ['objective.regularizers=["consistency"]']}
