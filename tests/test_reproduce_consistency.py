@@ -44,7 +44,7 @@ def test_tiny_run_writes_every_row(tmp_path):
     assert float(ddim1["high_quality_fraction"]) > 0.99 and float(ddim1["mode_coverage"]) < 0.05
     text = report.read_text()
     assert "samples.png" in text and (tmp_path / "cm" / "samples.png").stat().st_size > 10_000
-    assert "**Reproduces?**" in text and "Song et al. (2023)" in text
+    assert "**Reproduces?**" in text and "Song et al. (2023)" in text and "covers all 49 modes" in text
 
 
 def test_verdict_fd_compares_with_the_teachers_ddim_and_multistep():
@@ -82,6 +82,8 @@ def test_tiny_digits_distils_the_trained_teacher(tmp_path):
     assert Path(cd.cm.teacher) == tmp_path / "cm" / "runs" / "teacher-seed0" and cd.diffusion.sigma_data == 0.5
     text = report.read_text()
     assert "`digits`" in text and "samples-teacher-heun-25.png" in text
+    # the digits report states the goal its verdict reads, not gmm-grid's
+    assert "49 modes" not in text and "within 1.25x of the teacher's Heun" in text
     assert (tmp_path / "cm" / "samples-cd-consistency-2.png").stat().st_size > 1000
 
 
