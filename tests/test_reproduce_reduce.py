@@ -7,7 +7,7 @@ import pytest
 
 from diffprop.cli import main
 from diffprop.errors import DiffpropError
-from diffprop.experiments.reduce import SAMPLING, TRAINED, chosen, paired, verdict
+from diffprop.experiments.reduce import SAMPLING, TRAINED, chosen, paired, tuned, verdict
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,10 @@ def test_methods_choose_a_subset_with_vanilla_and_bad_names_are_refused(tmp_path
     trained, sampling = chosen("chain-denoise, time-shift")
     assert list(trained) == ["vanilla", "chain-denoise"] and list(sampling) == ["time-shift"]
     assert chosen(None) == (TRAINED, SAMPLING)
+    # digits: chain_mmd at the weight whose gradient matches gmm-grid's ratio to the denoising loss's
+    digits, _ = chosen("chain-mmd,chain-denoise", "digits")
+    assert digits["chain-mmd"] == [*TRAINED["chain-mmd"], "chain_mmd.weight=3"]
+    assert digits["chain-denoise"] == TRAINED["chain-denoise"] and chosen(None, "gmm-grid") == (TRAINED, SAMPLING)
     with pytest.raises(DiffpropError, match="reduce --methods: nope is not a method; allowed: vanilla, epdm-paper"):
         chosen("vanilla,nope")
     code = main(["reproduce", "epdm-quick", "--scale", "tiny", "--methods", "chain-mmd", "--out",
@@ -59,6 +63,12 @@ def test_methods_choose_a_subset_with_vanilla_and_bad_names_are_refused(tmp_path
     err = capsys.readouterr().err
     assert code == 2 and err.strip() == "diffprop: error: epdm-quick does not take --methods (only reduce compares " \
                                         "chosen methods)", err
+
+
+def test_tuned_parameters_are_reported_only_when_a_sampler_ran():
+    rows = [{"variant": "vanilla", "seed": 0}, {"variant": "eps-scaling", "seed": 0, "chosen": 1.004}]
+    assert "(chosen: eps-scaling seed 0: 1.004)" in tuned(rows)
+    assert tuned(rows[:1]) == ""  # --methods without epsilon scaling or time shifting: no empty "(chosen: )"
 
 
 def test_paired_differences_by_seed():

@@ -58,21 +58,24 @@ TRAINED = {"vanilla": [],
 SAMPLING = {"eps-scaling": "vanilla + epsilon scaling", "time-shift": "vanilla + time shift"}
 TIMING = {"tiny": (1, 3), "small": (3, 20)}  # rounds x steps of the side-by-side cost per step
 GRIDS = {"tiny": {"eps-scaling": (1.0, 1.01), "time-shift": (0, 4)}, "small": {}}  # {}: diffprop.tune's own grids
+# per-dataset weights: chain_mmd's default 50 puts its gradient at 0.12x the denoising loss's on gmm-grid's MLP but at
+# 2x on digits' U-Net (medians 0.0076 per unit weight against 0.18), which damages the samples (fd 29.5 against 8.7);
+# weight 3 measured 0.13-0.15x (docs/results.md, "Gradient norms on digits")
+WEIGHTS = {"digits": {"chain-mmd": ["chain_mmd.weight=3"]}}
 DIGITS_GRIDS = {"eps-scaling": (0.9, 0.95, 0.98, 1.0, 1.02, 1.05, 1.1), "time-shift": (0, 2, 8, 32)}
 ALPHA = 0.01
 
 
-def chosen(methods: str | None) -> tuple[dict, dict]:
+def chosen(methods: str | None, data: str | None = None) -> tuple[dict, dict]:
     """``(trained, sampling)``: the subsets of :data:`TRAINED` and :data:`SAMPLING` named in ``methods``
-    (comma-separated; None: all), vanilla always among them."""
-    if methods is None:
-        return dict(TRAINED), dict(SAMPLING)
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    (comma-separated; None: all), vanilla always among them; the trained ones with ``data``'s :data:`WEIGHTS`."""
+    names = list(TRAINED) + list(SAMPLING) if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in names if m not in TRAINED and m not in SAMPLING]
     if unknown or not names:
         raise DiffpropError(f"reduce --methods: {', '.join(unknown) or 'none given'} is not a method; allowed: "
                             f"{', '.join([*TRAINED, *SAMPLING])}")
-    return ({k: v for k, v in TRAINED.items() if k == "vanilla" or k in names},
+    weights = WEIGHTS.get(data, {})
+    return ({k: [*v, *weights.get(k, [])] for k, v in TRAINED.items() if k == "vanilla" or k in names},
             {k: v for k, v in SAMPLING.items() if k in names})
 
 
@@ -164,9 +167,19 @@ def verdict(steps_tests: dict, time_tests: dict, metric: str, t1: str, seeds: in
     return f"no: no method meets the goal at p < {ALPHA}; {lines}.", None
 
 
+def tuned(rows: list[dict]) -> str:
+    """The sentence on the training-free samplers' tuned parameters; empty when none ran (``--methods``)."""
+    picks = [f"{r['variant']} seed {r['seed']}: {r['chosen']:g}" for r in rows if "chosen" in r]
+    if not picks:
+        return ""
+    return ("\nEpsilon scaling's lambda and time shifting's window were tuned on samples of seed 1 (chosen: "
+            + ", ".join(picks) + "); time shifting has no propagation curve (its chain visits other timesteps per "
+            "sample).\n")
+
+
 def run(out: Path, scale: str = "small", seeds: int | None = None, progress: bool = True, methods: str | None = None,
         **options) -> Path:
-    trained, sampling = chosen(methods)
+    trained, sampling = chosen(methods, options.get("data"))
     out = Path(out)
     base_scale, fine_scale, grids = scales(scale, options.get("data"))
     base = common.Study("reduce", out / "base", scale, base_scale, seeds, progress, **options)
@@ -205,12 +218,11 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
                 + "Paired by seed (every method fine-tunes the same base of its seed):\n"
                 + paired([r for r in rows if r["variant"] in trained], (steps.metric, t1))
                 + "At equal wall clock:\n" + describe_tests(time_tests[steps.metric], steps.metric)
-                + "\nEpsilon scaling's lambda and time shifting's window were tuned on samples of seed 1 (chosen: "
-                + ", ".join(f"{r['variant']} seed {r['seed']}: {r['chosen']:g}" for r in rows if "chosen" in r)
-                + "); time shifting has no propagation curve (its chain visits other timesteps per sample).\n")
+                + tuned(rows))
     b = base.config([], 0).train
     setup = (f"Every run fine-tunes its seed's vanilla DDPM (trained from scratch for {b.steps} steps, batch "
-             f"{b.batch_size}, LR {b.lr:g}, {b.lr_schedule}; folders `base/runs/`) with the method's objective. "
-             + steps.describe() + f" Propagation curves with N = M = {steps.scale.num}; kernels {', '.join(kernels)}.")
+             f"{b.batch_size}, LR {b.lr:g}, {b.lr_schedule}; folders `base/runs/`) with the method's objective"
+             + "".join(f"; {m} with {', '.join(w)}" for m, w in WEIGHTS.get(options.get("data"), {}).items()
+                       if m in trained) + ". " + steps.describe() + f" Propagation curves with N = M = {steps.scale.num}; kernels {', '.join(kernels)}.")
     return write_report(out, steps.title, CLAIM, setup, measured,
                         {**figures, **{p: "samples" for p in steps.pictures}}, text)
