@@ -158,3 +158,11 @@ def test_time_budget_stops_early_with_a_checkpoint_and_a_log_line(tmp_path, tiny
     assert 0 < t.step < 100000
     assert list_checkpoints(tmp_path)[-1].name == f"step_{t.step:08d}"
     assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["step"] == t.step
+
+
+def test_time_budget_progress_bar_names_the_budget_not_the_step_cap(tmp_path, tiny_overrides, capsys):
+    ov = tiny_overrides + ["train.steps=100000000", "train.time_budget=0.5", "train.checkpoint_every=100000000"]
+    Trainer(load_config(None, ov), tmp_path, progress=True).train()
+    err = capsys.readouterr().err
+    # not "n/100000000 [.. <3500:00:00]": the cap of a wall-clock run is no total to show
+    assert "training (0.5 s budget)" in err and "100000000" not in err

@@ -359,8 +359,9 @@ class Trainer:
     def train(self) -> Path:
         tc = self.cfg.train
         main = self.acc.is_main_process
-        bar = tqdm(total=tc.steps, initial=self.step, desc="training", unit="step",
-                   disable=not (self.progress and main), dynamic_ncols=True)
+        budget = f" ({tc.time_budget:g} s budget)" if tc.time_budget else ""  # the steps then are only a cap
+        bar = tqdm(total=None if tc.time_budget else tc.steps, initial=self.step, desc="training" + budget,
+                   unit="step", disable=not (self.progress and main), dynamic_ncols=True)
         log = open(self.run_dir / "log.jsonl", "a") if main else None
         losses, parts, t0, s0 = [], {}, time.perf_counter(), self.step
         deadline = t0 + tc.time_budget if tc.time_budget else math.inf
