@@ -223,6 +223,8 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     setup = (f"Every run fine-tunes its seed's vanilla DDPM (trained from scratch for {b.steps} steps, batch "
              f"{b.batch_size}, LR {b.lr:g}, {b.lr_schedule}; folders `base/runs/`) with the method's objective"
              + "".join(f"; {m} with {', '.join(w)}" for m, w in WEIGHTS.get(options.get("data"), {}).items()
-                       if m in trained) + ". " + steps.describe() + f" Propagation curves with N = M = {steps.scale.num}; kernels {', '.join(kernels)}.")
+                       if m in trained)
+             + ". " + steps.describe() + f" Propagation curves with N = M = {steps.scale.num}; kernels "
+             f"{', '.join(kernels)}.")
     return write_report(out, steps.title, CLAIM, setup, measured,
                         {**figures, **{p: "samples" for p in steps.pictures}}, text)
