@@ -401,6 +401,15 @@ def test_evaluate_digits_end_to_end(classifier_cache, tmp_path, capsys, monkeypa
                           "--out", tmp_path / "p.json"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "p.json").read_text())["extractor"] == "pixels"
+    assert metrics["data"]["out_of_range_fraction"] == 0 and "outside the data's range" not in err
+    # pixels past [-1, 1] (an unclipped sampler's): scored as they are, with a one-line note saying how many
+    code, out, err = run(["evaluate", _samples(tmp_path / "wide.npz", 1.5 * digits[:400]), "--dataset", "digits",
+                          "--features", "pixels"], capsys)
+    frac = json.loads((tmp_path / "wide.metrics.json").read_text())["out_of_range_fraction"]
+    assert code == 0 and frac == pytest.approx(float((np.abs(1.5 * digits[:400]) > 1.001).mean()))
+    assert err.strip().splitlines()[-1] == (f"diffprop: note: {frac:.1%} of the pixels lie outside the data's "
+                                            "range [-1, 1]; they are scored as they are (clamp the samples to "
+                                            "score what a picture of them shows)")
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -351,6 +351,11 @@ def cmd_evaluate(args) -> None:
                                   inception_weights=args.inception_weights, device=_device("auto"))
         extractor.progress = not args.quiet
         metrics = {"dataset": args.dataset, **image_metrics(x, ds.x, extractor, num_reference=args.num_ref)}
+        lo, hi = float(ds.x.min()), float(ds.x.max())
+        outside = metrics["out_of_range_fraction"] = float(((x < lo - 1e-3) | (x > hi + 1e-3)).float().mean())
+        if outside > 0.01:  # unclipped samplers (consistency, Heun): the scores read the pixels as they are
+            print(f"diffprop: note: {outside:.1%} of the pixels lie outside the data's range [{lo:g}, {hi:g}]; they "
+                  f"are scored as they are (clamp the samples to score what a picture of them shows)", file=sys.stderr)
     else:
         if args.features or args.inception_weights or args.num_ref:
             raise DiffpropError(f"--features, --inception-weights and --num-ref apply to image data; "

@@ -19,7 +19,7 @@ from torch import nn
 from .errors import DiffpropError
 from .noise import randn
 from .process import VAR_TYPES
-from .processes import DiscreteVP, Process, at
+from .processes import DiscreteVP, Process
 from .schedules import NoiseSchedule
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
