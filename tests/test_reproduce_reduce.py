@@ -7,7 +7,7 @@ import pytest
 
 from diffprop.cli import main
 from diffprop.errors import DiffpropError
-from diffprop.experiments.reduce import SAMPLING, TRAINED, chosen, paired, tuned, verdict
+from diffprop.experiments.reduce import SAMPLING, TRAINED, chosen, equal_time_steps, paired, tuned, verdict
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,12 @@ def test_tiny_run_reports_every_method_under_both_budgets(tiny):
         assert f"| {name} | 1 |" in steps and name not in clock
     summary = json.loads((tiny / "summary.json").read_text())
     assert set(summary["ms_per_step"]) == set(TRAINED) and summary["wall_clock_budget_s"] > 0
+    # equal wall clock: each method trained the steps its measured cost buys in vanilla's time (vanilla: its own run)
+    afford = summary["equal_time_steps"]
+    assert afford == equal_time_steps(summary["ms_per_step"], 60) and afford["vanilla"] == 60
+    timed = json.loads((tiny / "equal-time" / "runs.json").read_text())
+    assert {r["variant"] for r in timed} == set(TRAINED) - {"vanilla"}
+    assert all(r["steps"] == afford[r["variant"]] for r in timed)
     assert summary["best"] is None and "**Reproduces?** undecided" in report  # one seed: no test
     assert (tiny / "propagation.png").is_file() and (tiny / "propagation-h0.1.png").is_file()
 
@@ -63,6 +69,11 @@ def test_methods_choose_a_subset_with_vanilla_and_bad_names_are_refused(tmp_path
     err = capsys.readouterr().err
     assert code == 2 and err.strip() == "diffprop: error: epdm-quick does not take --methods (only reduce compares " \
                                         "chosen methods)", err
+
+
+def test_equal_time_steps_scale_by_the_cost_per_step():
+    assert equal_time_steps({"vanilla": 10.0, "a": 25.0, "b": 9.0, "c": 1e9}, 100) == \
+        {"vanilla": 100, "a": 40, "b": 111, "c": 1}  # at least one step
 
 
 def test_tuned_parameters_are_reported_only_when_a_sampler_ran():
