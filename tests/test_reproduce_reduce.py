@@ -71,6 +71,15 @@ def test_methods_choose_a_subset_with_vanilla_and_bad_names_are_refused(tmp_path
                                         "chosen methods)", err
 
 
+def test_a_sampling_method_alone_trains_nothing_at_equal_wall_clock(tmp_path):
+    out = tmp_path / "eps"
+    assert main(["reproduce", "reduce", "--scale", "tiny", "--methods", "eps-scaling", "--out", str(out),
+                 "--quiet"]) == 0
+    clock = (out / "equal-time" / "table.md").read_text()
+    assert "| vanilla | 1 | 60 |" in clock and "epsilon" not in clock and not (out / "equal-time" / "runs").exists()
+    assert "vanilla + epsilon scaling - vanilla" not in (out / "report.md").read_text()  # one seed: no pairs
+
+
 def test_equal_time_steps_scale_by_the_cost_per_step():
     assert equal_time_steps({"vanilla": 10.0, "a": 25.0, "b": 9.0, "c": 1e9}, 100) == \
         {"vanilla": 100, "a": 40, "b": 111, "c": 1}  # at least one step
