@@ -204,12 +204,14 @@ def run(out: Path, scale: str = "small", seeds: int | None = None, progress: boo
     ms = steps.time_per_step(trained, *TIMING[scale])
     budget = ms["vanilla"] * steps.scale.steps / 1e3
     afford = equal_time_steps(ms, steps.scale.steps)
-    clock = common.Study("reduce", out / "equal-time", scale, fine_scale, seeds, progress, init_from=bases, **options)
     others = {m: [*extra, f"train.steps={afford[m]}", f"train.checkpoint_every={afford[m]}"]
               for m, extra in trained.items() if m != "vanilla"}
     timed = [{**r, "budget": "wall clock"} for r in rows if r["variant"] == "vanilla"]  # its own steps: that run
-    timed += [{**r, "budget": "wall clock"} for r in clock.train_and_score(others, kernels=kernels)] if others else []
     (out / "equal-time").mkdir(parents=True, exist_ok=True)
+    if others:  # (sampling-only --methods: nothing to train)
+        clock = common.Study("reduce", out / "equal-time", scale, fine_scale, seeds, progress, init_from=bases,
+                             **options)
+        timed += [{**r, "budget": "wall clock"} for r in clock.train_and_score(others, kernels=kernels)]
     for r in rows + timed:
         r.update({f"cumulative_t1[{k}]": r["curves"][k]["cumulative"][0] if "curves" in r else float("nan")
                   for k in kernels})
